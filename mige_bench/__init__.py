@@ -1,0 +1,1 @@
+"""mige-bench: comparable, traceable scores for multimodal instruction-based image generation and editing."""

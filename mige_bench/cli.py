@@ -1,0 +1,340 @@
+"""``mige-bench``: the command line. Every flag maps one to one onto the Python API in ``mige_bench.runner``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mige_bench.errors import MigeBenchError
+
+logger = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Argument parsing helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def parse_key_values(text: str, what: str) -> dict[str, str]:
+    """Parses ``key=value,key=value`` (``--model-args``). Values may not contain commas."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MigeBenchError(f"{what}: {item!r} is not of the form key=value.")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_backbones(items: Sequence[str] | None) -> dict[str, str]:
+    """Parses repeated ``--backbone name=spec`` flags (spec: hub id, local directory, checkpoint file, or smoke)."""
+    overrides: dict[str, str] = {}
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not sep or name not in ("clip", "dino", "lpips") or not spec:
+            raise MigeBenchError(
+                f"--backbone {item!r}: expected clip=..., dino=... or lpips=... with a non-empty spec."
+            )
+        overrides[name] = spec
+    return overrides
+
+
+def default_out(task_id: str, model: str) -> Path:
+    """``runs/<task id>/<model>``, with characters unsafe in folder names replaced."""
+    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in task_id)
+    return Path("runs") / safe / "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call / per scoring chunk (4)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and the metric backbones (cpu)")
+    parser.add_argument(
+        "--backbone",
+        action="append",
+        metavar="NAME=SPEC",
+        help="override a metric backbone: clip=, dino= or lpips= a hub id, a local directory, a checkpoint file, "
+        "or 'smoke' (repeatable)",
+    )
+    parser.add_argument("--data-root", type=Path, help="local copy of the task's dataset")
+    parser.add_argument("--allow-failures", type=int, default=0, help="exit 0 despite up to N failed samples (0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mige-bench",
+        description="Generate and score images for multimodal instruction-based generation and editing benchmarks.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="generate images for a task with a model, then score them")
+    run.add_argument("--task", required=True, help="task id (e.g. emu_edit@mige), unique task name, or YAML path")
+    run.add_argument("--model", required=True, help="registered model name (see `ls models`) or module:Class")
+    run.add_argument("--model-args", default="", metavar="K=V,...", help="model arguments, e.g. dir=outputs/")
+    run.add_argument("--out", type=Path, help="run folder (default runs/<task>/<model>); resumed if it exists")
+    run.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it (0)")
+    run.add_argument("--limit", type=int, help="only the first N scored samples")
+    run.add_argument("--images-per-sample", type=int, help="override the task's number of images per sample")
+    run.add_argument("--overwrite", action="store_true", help="discard an existing, different run in --out")
+    run.add_argument("--no-score", action="store_true", help="stop after generation")
+    _add_execution_flags(run)
+
+    score = commands.add_parser("score", help="score an existing run folder, or a folder of images for a task")
+    score.add_argument("run_dir", nargs="?", type=Path, help="run folder written by `run`")
+    score.add_argument("--images", type=Path, help="folder of <sample_id>[_k].png|jpg images made elsewhere")
+    score.add_argument("--task", help="task of --images")
+    score.add_argument("--out", type=Path, help="run folder for --images (default runs/<task>/folder)")
+    _add_execution_flags(score)
+
+    listing = commands.add_parser("ls", help="list tasks, models or metrics")
+    listing.add_argument("what", choices=["tasks", "models", "metrics"])
+
+    data = commands.add_parser("data", help="fetch or check a task's dataset")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download what is public for a task (resumable)")
+    fetch.add_argument("task")
+    fetch.add_argument("--to", type=Path, help="destination folder")
+    check = data_commands.add_parser("check", help="validate a local copy: counts, missing and unreadable files")
+    check.add_argument("task")
+    check.add_argument("--data-root", type=Path, required=True)
+
+    board = commands.add_parser("leaderboard", help="render leaderboard tables, plots and the HTML site")
+    board.add_argument("--root", type=Path, default=Path("leaderboards"), help="leaderboard folder (leaderboards)")
+    board.add_argument("--html", type=Path, metavar="DIR", help="folder for the HTML site (default <root>/site)")
+    board.add_argument("--check", action="store_true", help="write nothing; exit 1 if a rendered file is stale")
+    board.add_argument("--add", type=Path, metavar="RUN_DIR", help="first add a scored run folder as a row")
+    board.add_argument("--row", help="name of the row added with --add (default: the run folder's name)")
+
+    compare = commands.add_parser("compare", help="paired comparison of two runs; exit 1 on a significant regression")
+    compare.add_argument("base", type=Path, help="results.json of the reference run (scores.jsonl next to it)")
+    compare.add_argument("new", type=Path, help="results.json of the candidate run")
+    compare.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="METRIC=DELTA",
+        help="allowed worsening of a metric before a significant one fails the gate (default 0; repeatable)",
+    )
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def format_results_table(results: Mapping[str, Any]) -> str:
+    """The human summary of a results file: one row per metric, then the counts."""
+    import pandas as pd
+
+    rows = []
+    for column, summary in results["metrics"].items():
+        ci = summary["ci95"]
+        excluded = sum(summary["excluded"].values())
+        rows.append(
+            {
+                "metric": column + (" ↑" if summary["higher_is_better"] else " ↓"),
+                "mean": _number(summary["mean"]),
+                "± stderr": _number(summary["stderr"]),
+                "95% CI": "—" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+                "n": summary["n_samples"],
+                "excluded": excluded or "",
+            }
+        )
+    table = pd.DataFrame(rows).to_string(index=False)
+    counts = results["counts"]
+    lines = [
+        f"{results['task_id']} (version {results['task']['version']}) — model {results['model']['name']}",
+        table,
+        f"samples scored: {counts['scored_samples']}, images scored: {counts['scored_images']}"
+        f"/{counts['expected_images']}, failed samples: {counts['failed_samples']}",
+    ]
+    for column, summary in results["metrics"].items():
+        for reason, count in summary["excluded"].items():
+            lines.append(f"  {column}: {count} excluded ({reason})")
+        for name, count in summary["counters"].items():
+            lines.append(f"  {column}: {name} = {count}")
+    if not results["comparable"]:
+        lines.append(
+            "NOTE: smoke (random) backbones were used — these numbers are NOT comparable to published results."
+        )
+    return "\n".join(lines)
+
+
+def _print_outcome(outcome: Any) -> None:
+    from mige_bench import run_folder as rf
+
+    if outcome.results:
+        print(format_results_table(outcome.results))
+    print(f"run folder: {outcome.run_dir}")
+    for name in (rf.RESULTS, rf.SCORES, rf.IMAGES, rf.FAILURES):
+        if (outcome.run_dir / name).exists():
+            print(f"  {outcome.run_dir / name}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def command_run(args: argparse.Namespace) -> None:
+    from mige_bench.runner import ExecutionOptions, GenerationRequest, run
+    from mige_bench.task import get_task
+
+    task = get_task(args.task)
+    request = GenerationRequest(
+        task=args.task,
+        model=args.model,
+        model_args=parse_key_values(args.model_args, "--model-args"),
+        seed=args.seed,
+        limit=args.limit,
+        images_per_sample=args.images_per_sample,
+        data_root=args.data_root,
+    )
+    outcome = run(
+        request,
+        out=args.out or default_out(task.id, args.model),
+        options=_execution_options(args, ExecutionOptions, overwrite=args.overwrite),
+        backbones=parse_backbones(args.backbone),
+        score=not args.no_score,
+    )
+    _print_outcome(outcome)
+
+
+def command_score(args: argparse.Namespace) -> None:
+    from mige_bench.runner import ExecutionOptions, GenerationRequest, run, score_run
+    from mige_bench.task import get_task
+
+    options = _execution_options(args, ExecutionOptions)
+    backbones = parse_backbones(args.backbone)
+    if args.images is not None:
+        if args.run_dir is not None or not args.task:
+            raise MigeBenchError("score --images DIR needs --task TASK and no run folder argument.")
+        task = get_task(args.task)
+        request = GenerationRequest(
+            task=args.task, model="folder", model_args={"dir": str(args.images)}, data_root=args.data_root
+        )
+        outcome = run(request, out=args.out or default_out(task.id, "folder"), options=options, backbones=backbones)
+    elif args.run_dir is not None:
+        outcome = score_run(args.run_dir, options=options, backbones=backbones, data_root=args.data_root)
+    else:
+        raise MigeBenchError("score needs a run folder, or --images DIR --task TASK.")
+    _print_outcome(outcome)
+
+
+def _execution_options(args: argparse.Namespace, options_class: type, **extra: Any) -> Any:
+    if args.batch_size < 1:
+        raise MigeBenchError("--batch-size must be at least 1.")
+    return options_class(
+        batch_size=args.batch_size,
+        device=args.device,
+        allow_failures=args.allow_failures,
+        progress=not args.no_progress,
+        **extra,
+    )
+
+
+def command_ls(args: argparse.Namespace) -> None:
+    if args.what == "tasks":
+        from mige_bench.task import available_tasks
+
+        for task_id, task in available_tasks().items():
+            print(f"{task_id:40s} v{task.version}  {task.kind:12s} {task.description}")
+    elif args.what == "models":
+        from mige_bench.models import MODELS
+
+        for name, target in MODELS.items():
+            print(f"{name:20s} {target}")
+    else:
+        from mige_bench.metrics import METRICS
+
+        for name, target in METRICS.items():
+            print(f"{name:20s} {target}")
+
+
+def command_data(args: argparse.Namespace) -> None:
+    from mige_bench import datasets_io
+    from mige_bench.task import get_task
+
+    task = get_task(args.task)
+    if args.data_command == "fetch":
+        location = datasets_io.fetch_dataset(task, args.to or Path("data") / task.name)
+        print(f"{task.id}: data in {location}")
+    else:
+        report = datasets_io.check_dataset(task, args.data_root)
+        print(report.render())
+        if not report.ok:
+            raise MigeBenchError(f"{args.data_root} is not a complete copy of the {task.id} data (see above).")
+
+
+EXIT_CHECK_FAILED = 1
+
+
+def command_leaderboard(args: argparse.Namespace) -> None:
+    from mige_bench.leaderboard import add_row, check_leaderboards, write_leaderboards
+
+    if args.row and not args.add:
+        raise MigeBenchError("--row names the row added with --add RUN_DIR; give --add too.")
+    if args.add and args.check:
+        raise MigeBenchError("--add changes the leaderboard and --check only reads it; run them separately.")
+    if args.add:
+        print(f"added row {add_row(args.add, args.root, args.row)}")
+    if args.check:
+        problems = check_leaderboards(args.root, args.html)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{len(problems)} problem(s); run `mige-bench leaderboard` and commit the result.", file=sys.stderr)
+            raise SystemExit(EXIT_CHECK_FAILED)
+        print("leaderboards are up to date")
+        return
+    changed = write_leaderboards(args.root, args.html)
+    print(f"{len(changed)} file(s) written or removed under {args.root}" + (f" and {args.html}" if args.html else ""))
+
+
+def command_compare(args: argparse.Namespace) -> None:
+    from mige_bench.compare import compare_runs, format_comparison, parse_tolerances
+
+    comparison = compare_runs(args.base, args.new, parse_tolerances(args.tolerance))
+    print(format_comparison(comparison))
+    if comparison.regressions:
+        raise SystemExit(EXIT_CHECK_FAILED)
+
+
+COMMANDS = {"run": command_run, "score": command_score, "ls": command_ls, "data": command_data}
+COMMANDS["leaderboard"] = command_leaderboard
+COMMANDS["compare"] = command_compare
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mige-bench`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        COMMANDS[args.command](args)
+    except MigeBenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished images and scores are kept; run the same command again to resume.", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

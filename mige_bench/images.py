@@ -1,0 +1,153 @@
+"""Opening, validating and writing images: the one place that touches image files.
+
+Every image that enters mige-bench (dataset inputs, references, generated outputs) is opened by :func:`open_rgb`, which
+turns every odd format into 8-bit RGB the same way and refuses what cannot be scored honestly, with the file named in
+the error. Every image that mige-bench writes goes through :func:`save_png_atomic`, so a crash never leaves a
+half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mige_bench.errors import MigeBenchError
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 64_000_000
+"""Largest image accepted (e.g. 8000x8000). Larger files are refused rather than silently downscaled: a benchmark
+image that large is almost certainly a mistake, and decoding it could exhaust memory (decompression bombs)."""
+
+MIN_SIDE = 8
+"""Smallest width or height accepted: a 1x1 "image" is a broken file or a placeholder, not something to score."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A lazily opened image: a file on disk, or encoded bytes (e.g. a Hugging Face datasets row).
+
+    Samples hold references, not decoded pixels, so a 3,000-sample task costs no memory until it is used.
+
+    Attributes:
+        path: File on disk, or ``None`` when the image is held as bytes.
+        data: Encoded image bytes (PNG/JPEG/...), or ``None`` when the image is a file.
+        label: Human-readable name used in error messages when there is no path (e.g. ``"emu_edit row 17 image"``).
+    """
+
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("ImageRef needs exactly one of path or data")
+
+    @classmethod
+    def from_pil(cls, image: Image.Image, label: str = "") -> ImageRef:
+        """Wraps an in-memory image (encoded losslessly as PNG)."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls(data=buffer.getvalue(), label=label)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else (self.label or "<in-memory image>")
+
+    def open(self) -> Image.Image:
+        """Decodes the image as 8-bit RGB (see :func:`open_rgb`)."""
+        source = self.path if self.path is not None else io.BytesIO(self.data)  # type: ignore[arg-type]
+        return open_rgb(source, name=self.name)
+
+    def content_hash(self) -> str:
+        """SHA-256 of the encoded bytes: identifies the image whatever its path."""
+        data = self.data if self.data is not None else Path(self.path).read_bytes()  # type: ignore[arg-type]
+        return hashlib.sha256(data).hexdigest()
+
+
+def to_rgb(image: Image.Image, name: str = "<image>") -> Image.Image:
+    """Converts any PIL mode to 8-bit RGB, the only form metrics and models see.
+
+    RGBA and LA are composited on white (not black: a transparent background must not turn into a black one that
+    moves L1), 16-bit and 32-bit grey are scaled to 8 bits by value range instead of being clipped, palette and
+    CMYK go through PIL's own conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if not np.isfinite(array).all():
+            raise MigeBenchError(f"{name}: the image contains NaN or infinite pixel values.")
+        gray = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_rgb(source: str | os.PathLike | io.BytesIO, name: str | None = None) -> Image.Image:
+    """Opens an image file (or bytes) and returns it fully decoded as 8-bit RGB.
+
+    Raises:
+        MigeBenchError: the file is missing, empty, not an image, truncated, larger than :data:`MAX_PIXELS`, or
+            smaller than 1x1 — with the file named.
+    """
+    name = name or str(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise MigeBenchError(f"{name}: image file not found.")
+        if path.stat().st_size == 0:
+            raise MigeBenchError(f"{name}: the image file is empty (0 bytes); regenerate or re-download it.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise MigeBenchError(
+                        f"{name}: image is {width}x{height}, over the {MAX_PIXELS:,}-pixel limit; downscale it first."
+                    )
+                if min(width, height) < MIN_SIDE:
+                    raise MigeBenchError(
+                        f"{name}: image is {width}x{height}, below the {MIN_SIDE}-pixel minimum side; it is not a "
+                        "usable image."
+                    )
+                image.load()
+                return to_rgb(image, name)
+    except MigeBenchError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise MigeBenchError(f"{name}: image is too large to decode safely ({error}).") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise MigeBenchError(f"{name}: not a readable image ({error}); the file is corrupt or not an image.") from error
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Writes ``image`` as PNG to ``path`` via a temporary file and a rename, so a crash leaves no partial file.
+
+    The PNG is written without timestamps or other metadata, so the same pixels always give the same bytes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            image.save(handle, format="PNG")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,46 @@
+"""The metric plug-in point: one class per metric, one method, ``score``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    from mige_bench.sample import Sample
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A score that is undefined for this output by protocol (never NaN-averaged); ``reason`` is counted in results."""
+
+    reason: str
+
+
+Score = float | Excluded
+
+
+class Metric(ABC):
+    """A thin owner of an encoder and its pinned preprocessing; the math lives in ``metrics/functional.py``.
+
+    Subclasses set ``name``/``higher_is_better`` and take their protocol binding (from the task YAML, e.g.
+    ``against: target_image``) as keyword arguments of ``__init__`` after ``backbones``. Unknown binding keys must
+    raise ``TypeError`` (the runner turns that into a clear message).
+
+    ``counters`` holds protocol events worth reporting that are not exclusions (e.g. ``truncated_captions`` for
+    CLIP-T); the runner adds them to the results file.
+    """
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+
+    @abstractmethod
+    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
+        """Scores ``outputs[i]`` (an RGB image) for ``samples[i]``; one score per output, in order."""

@@ -1,0 +1,256 @@
+"""Embedding similarities: DINO, CLIP-I, CLIP-T and CLIP directional similarity (PROTOCOLS.md §1).
+
+Each class is a thin owner of a shared encoder (from :class:`~mige_bench.metrics.backbones.Backbones`) and its
+protocol binding; features come from ``metrics/encoders.py`` and the math from ``metrics/functional.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from mige_bench.errors import MigeBenchError
+from mige_bench.metrics import functional
+from mige_bench.metrics.base import Excluded, Metric, Score
+from mige_bench.metrics.encoders import CROP_ROUNDINGS, CropRounding, ImageEncoder
+from mige_bench.metrics.regions import (
+    ImageOpener,
+    ImagePairing,
+    Region,
+    RegionPair,
+    mean_over_references,
+    reference_images,
+    reference_text,
+)
+
+if TYPE_CHECKING:
+    from mige_bench.metrics.backbones import Backbones
+    from mige_bench.sample import Sample
+
+logger = logging.getLogger(__name__)
+
+IDENTICAL_CAPTIONS = "identical input and output captions"
+"""Exclusion reason of CLIP-T (with ``exclude_if_equal``) and CLIP-dir rows whose two captions are the same."""
+
+
+def _check_crop_rounding(metric: str, crop_rounding: str) -> None:
+    if crop_rounding not in CROP_ROUNDINGS:
+        raise MigeBenchError(
+            f"metric {metric!r}: crop_rounding {crop_rounding!r} is not one of {', '.join(CROP_ROUNDINGS)}; "
+            "fix the task YAML."
+        )
+
+
+class _EncodingBatch:
+    """Images to encode for one ``score`` call, deduplicated by object (the same opened reference or output image is
+    encoded once), then encoded in one batched pass."""
+
+    def __init__(self) -> None:
+        self._images: list[Image.Image] = []
+        self._index: dict[int, int] = {}
+
+    def add(self, image: Image.Image) -> int:
+        """Registers ``image`` and returns the row its feature will have."""
+        if id(image) not in self._index:
+            self._index[id(image)] = len(self._images)
+            self._images.append(image)
+        return self._index[id(image)]
+
+    def encode(self, encoder: ImageEncoder, crop_rounding: CropRounding) -> np.ndarray:
+        """Features of every registered image, row ``i`` for the ``i``-th registration."""
+        return encoder.encode_images(self._images, crop_rounding).numpy()
+
+
+class _ImageSimilarity(Metric):
+    """Cosine between the output's and the reference's image embedding, averaged over references.
+
+    ``backbones_used`` (on every metric class here) names the backbones the metric loads, so a runner can check
+    them with ``Backbones.ensure_available`` before generating.
+
+    Binding (task YAML): ``against: <references key>`` (an image, or a tuple of images → mean of per-reference
+    cosines); ``region: full | mask_crop | outside_mask`` (see ``metrics/regions.py``; default ``full``);
+    ``crop_rounding: hf | torchvision`` (PROTOCOLS.md trap 11; default ``hf``, as MIGE's code).
+    """
+
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(
+        self, backbones: Backbones, *, against: str, region: Region = "full", crop_rounding: CropRounding = "hf"
+    ) -> None:
+        super().__init__()
+        _check_crop_rounding(self.name, crop_rounding)
+        self.backbones = backbones
+        self.pairing = ImagePairing(self.name, against, region)
+        self.crop_rounding = crop_rounding
+
+    def _encoder(self) -> ImageEncoder:
+        return getattr(self.backbones, self.backbones_used[0])
+
+    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
+        opener = ImageOpener()
+        batch = _EncodingBatch()
+        rows: list[list[tuple[int, int]] | Excluded] = []
+        for output, sample in zip(outputs, samples, strict=True):
+            pairs = self.pairing.pairs(output, sample, opener)
+            rows.append(pairs if isinstance(pairs, Excluded) else [self._register(pair, batch) for pair in pairs])
+        features = batch.encode(self._encoder(), self.crop_rounding)
+        scores: list[Score] = []
+        for row in rows:
+            if isinstance(row, Excluded):
+                scores.append(row)
+                continue
+            first, second = zip(*row, strict=True)
+            cosines = functional.cosine_similarity(features[list(first)], features[list(second)])
+            scores.append(mean_over_references(cosines))
+        return scores
+
+    @staticmethod
+    def _register(pair: RegionPair, batch: _EncodingBatch) -> tuple[int, int]:
+        output, reference = pair.blackened()
+        return batch.add(output), batch.add(reference)
+
+
+class DinoSimilarity(_ImageSimilarity):
+    """DINO score: cos(DINO(output), DINO(reference)), raw, in [-1, 1] (DreamBooth; MIGE; MagicBrush; Emu Edit).
+
+    Feature: DINO ViT-S/16 CLS token after the final LayerNorm (eps 1e-6, as the original), input resized 256
+    (bicubic) → centre crop 224 → ImageNet normalisation. Binding: see :class:`_ImageSimilarity` — ``against``,
+    ``region``, ``crop_rounding``.
+    """
+
+    name: ClassVar[str] = "dino"
+    backbones_used: ClassVar[tuple[str, ...]] = ("dino",)
+
+
+class ClipImageSimilarity(_ImageSimilarity):
+    """CLIP-I: cos(CLIP_img(output), CLIP_img(reference)), raw, in [-1, 1] (MIGE; MagicBrush; Emu Edit; Kosmos-G ×100).
+
+    Feature: projected CLIP image embedding, L2-normalised; input resized 224 (bicubic) → centre crop 224 → CLIP
+    normalisation. Binding: see :class:`_ImageSimilarity` — ``against``, ``region``, ``crop_rounding``.
+    """
+
+    name: ClassVar[str] = "clip_i"
+    backbones_used: ClassVar[tuple[str, ...]] = ("clip",)
+
+
+class ClipTextSimilarity(Metric):
+    """CLIP-T: cos(CLIP_img(output), CLIP_txt(caption)), raw, in [-1, 1] (MIGE, Emu Edit "CLIP-out", MagicBrush).
+
+    Captions are tokenised to CLIP's 77-token context; longer ones are truncated and counted in
+    ``counters["truncated_captions"]``.
+
+    Binding (task YAML): ``caption: <references key>`` (the text compared with the output);
+    ``exclude_if_equal: <references key>`` (optional: rows whose caption equals this one, e.g. Emu Edit's
+    ``input_caption``, are excluded as ``"identical input and output captions"``); ``crop_rounding: hf | torchvision``.
+    """
+
+    name: ClassVar[str] = "clip_t"
+    higher_is_better: ClassVar[bool] = True
+    backbones_used: ClassVar[tuple[str, ...]] = ("clip",)
+
+    def __init__(
+        self,
+        backbones: Backbones,
+        *,
+        caption: str,
+        exclude_if_equal: str | None = None,
+        crop_rounding: CropRounding = "hf",
+    ) -> None:
+        super().__init__()
+        _check_crop_rounding(self.name, crop_rounding)
+        self.backbones = backbones
+        self.caption = caption
+        self.exclude_if_equal = exclude_if_equal
+        self.crop_rounding = crop_rounding
+
+    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
+        kept: list[int] = []
+        captions: list[str] = []
+        for index, sample in enumerate(samples):
+            caption = reference_text(sample, self.caption, self.name)
+            if self.exclude_if_equal is not None and caption == reference_text(
+                sample, self.exclude_if_equal, self.name
+            ):
+                continue
+            kept.append(index)
+            captions.append(caption)
+        if not kept:
+            return scores
+        clip = self.backbones.clip
+        texts = clip.encode_texts(captions)
+        self.counters["truncated_captions"] += sum(texts.truncated)
+        images = clip.encode_images([outputs[index] for index in kept], self.crop_rounding)
+        for index, value in zip(
+            kept, functional.cosine_similarity(images.numpy(), texts.features.numpy()), strict=True
+        ):
+            scores[index] = float(value)
+        return scores
+
+
+class ClipDirectionalSimilarity(Metric):
+    """CLIP-dir (Emu Edit / InstructPix2Pix, computed as in MIGE's code):
+    ``cos(n(E_img(out)) − n(E_img(src)), n(E_txt(caption)) − n(E_txt(source_caption)))``, raw, in [-1, 1].
+
+    Rows whose two captions are identical are undefined and excluded as ``"identical input and output captions"``
+    (Emu Edit test: 690 rows). Truncated captions are counted in ``counters["truncated_captions"]``.
+
+    Binding (task YAML): ``caption`` (output caption), ``source_caption`` (input caption), ``source_image`` —
+    references keys; ``crop_rounding: hf | torchvision`` (default ``hf``).
+    """
+
+    name: ClassVar[str] = "clip_dir"
+    higher_is_better: ClassVar[bool] = True
+    backbones_used: ClassVar[tuple[str, ...]] = ("clip",)
+
+    def __init__(
+        self,
+        backbones: Backbones,
+        *,
+        caption: str,
+        source_caption: str,
+        source_image: str,
+        crop_rounding: CropRounding = "hf",
+    ) -> None:
+        super().__init__()
+        _check_crop_rounding(self.name, crop_rounding)
+        self.backbones = backbones
+        self.caption = caption
+        self.source_caption = source_caption
+        self.source_image = source_image
+        self.crop_rounding = crop_rounding
+
+    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
+        opener = ImageOpener()
+        batch = _EncodingBatch()
+        kept: list[tuple[int, int, int]] = []
+        output_captions: list[str] = []
+        source_captions: list[str] = []
+        for index, (output, sample) in enumerate(zip(outputs, samples, strict=True)):
+            caption = reference_text(sample, self.caption, self.name)
+            source_caption = reference_text(sample, self.source_caption, self.name)
+            if caption == source_caption:
+                continue
+            source = opener(reference_images(sample, self.source_image, self.name)[0])
+            kept.append((index, batch.add(output), batch.add(source)))
+            output_captions.append(caption)
+            source_captions.append(source_caption)
+        if not kept:
+            return scores
+        clip = self.backbones.clip
+        output_texts = clip.encode_texts(output_captions)
+        source_texts = clip.encode_texts(source_captions)
+        self.counters["truncated_captions"] += sum(output_texts.truncated) + sum(source_texts.truncated)
+        features = batch.encode(clip, self.crop_rounding)
+        indices, output_rows, source_rows = (list(column) for column in zip(*kept, strict=True))
+        directions = functional.directional_similarity(
+            features[output_rows], features[source_rows], output_texts.features.numpy(), source_texts.features.numpy()
+        )
+        for index, value in zip(indices, directions, strict=True):
+            scores[index] = float(value)
+        return scores

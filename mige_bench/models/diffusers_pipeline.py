@@ -1,0 +1,558 @@
+"""``diffusers``: any supported diffusers pipeline as a generator, with presets that pin each baseline's settings.
+
+``--model diffusers --model-args preset=instruct-pix2pix`` runs a named baseline with its published inference
+settings (steps, guidance scales, resolution, scheduler; each with its source, see :data:`PRESETS` and
+``docs/models.md``). ``--model-args pretrained=<hub id or folder>,pipeline=<diffusers class>`` runs any checkpoint of
+a supported pipeline family; further ``key=value`` pairs override keyword arguments of the pipeline's ``__call__``
+(``num_inference_steps=20``, ``guidance_scale=3``) and are recorded in the manifest like everything else.
+
+How a sample becomes a pipeline call depends only on the pipeline family and on which inputs the sample carries
+(source image, subject images, multimodal prompt), never on the task: see the ``*Family`` classes below.
+
+Seeding and batching: every output image gets its own CPU ``torch.Generator`` seeded with the runner's per-image seed,
+so its noise does not depend on the device or on the other images of its batch. By default every image is also its
+own pipeline call: a batched forward pass moves some pixels by one level (matrix kernels are chosen per batch shape,
+measured on CPU for InstructPix2Pix and OmniGen), which would make an image depend on its batch. ``batch_calls=1``
+passes compatible requests as lists in one call (faster on GPU, reproducible only at the same ``--batch-size``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image, ImageOps
+
+from mige_bench.errors import MigeBenchError
+from mige_bench.models.base import Generator
+from mige_bench.sample import IMAGE_PLACEHOLDER, Sample, SampleKind
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Presets: the published inference settings of each baseline, with where each setting comes from
+# ---------------------------------------------------------------------------------------------------------------------
+
+IP2P_EDIT_CLI = "timothybrooks/instruct-pix2pix edit_cli.py defaults"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One baseline: which weights, which pipeline, and the call settings its authors published.
+
+    Attributes:
+        pretrained: Hugging Face hub id of the diffusers-format weights.
+        pipeline: Name of the diffusers pipeline class.
+        call_kwargs: Keyword arguments of the pipeline call pinned by the preset.
+        source_call_kwargs: Call arguments that replace ``call_kwargs`` for samples with a source image (editing), for
+            models whose authors publish different settings for editing.
+        scheduler: diffusers scheduler class swapped in at load time, or ``None`` to keep the checkpoint's own.
+        resolution: Long side the source image is fitted to before the call (InstructPix2Pix's rule, see
+            :func:`fit_to_resolution`), or ``None`` when the pipeline sizes its inputs itself.
+        dtype: Weight dtype the authors ran on GPU (CPU runs default to fp32).
+        gated: Whether the hub repository requires accepting a licence before downloading.
+        output_size: How the output size is decided, in words (recorded in the manifest).
+        sources: Setting name -> where its value comes from.
+    """
+
+    pretrained: str
+    pipeline: str
+    call_kwargs: Mapping[str, Any]
+    sources: Mapping[str, str]
+    output_size: str
+    source_call_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    scheduler: str | None = None
+    resolution: int | None = None
+    dtype: str = "bf16"
+    gated: bool = False
+
+
+_IP2P_SOURCES = {
+    "num_inference_steps": f"{IP2P_EDIT_CLI} (--steps 100)",
+    "guidance_scale": f"{IP2P_EDIT_CLI} (--cfg-text 7.5)",
+    "image_guidance_scale": f"{IP2P_EDIT_CLI} (--cfg-image 1.5)",
+    "resolution": f"{IP2P_EDIT_CLI} (--resolution 512, long side fitted, sides multiples of 64)",
+    "scheduler": "edit_cli.py samples with k-diffusion Euler ancestral; the hub model card swaps in "
+    "EulerAncestralDiscreteScheduler",
+}
+
+PRESETS: dict[str, Preset] = {
+    "instruct-pix2pix": Preset(
+        pretrained="timbrooks/instruct-pix2pix",
+        pipeline="StableDiffusionInstructPix2PixPipeline",
+        call_kwargs={"num_inference_steps": 100, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+        scheduler="EulerAncestralDiscreteScheduler",
+        resolution=512,
+        dtype="fp16",
+        output_size="the source image fitted to a 512 long side, both sides multiples of 64 (aspect kept by a centre "
+        "crop of at most 63 px)",
+        sources=_IP2P_SOURCES,
+    ),
+    "magicbrush": Preset(
+        # A diffusers conversion of MagicBrush-epoch-52-step-4999.ckpt published by a third party (the ImagenHub
+        # author) and used by ImagenHub and later papers; the MagicBrush authors release only the .ckpt.
+        pretrained="vinesmsuic/magicbrush-jul7",
+        pipeline="StableDiffusionInstructPix2PixPipeline",
+        call_kwargs={"num_inference_steps": 100, "guidance_scale": 7.5, "image_guidance_scale": 1.5},
+        scheduler="EulerAncestralDiscreteScheduler",
+        resolution=512,
+        dtype="fp16",
+        output_size="as instruct-pix2pix",
+        sources={
+            **_IP2P_SOURCES,
+            "pretrained": "third-party diffusers conversion of the official MagicBrush-epoch-52-step-4999.ckpt "
+            "(provenance of the conversion unconfirmed)",
+            "all settings": "MagicBrush README runs the checkpoint through InstructPix2Pix's edit_cli.py with its "
+            "defaults",
+        },
+    ),
+    "omnigen": Preset(
+        pretrained="Shitao/OmniGen-v1-diffusers",
+        pipeline="OmniGenPipeline",
+        call_kwargs={
+            "num_inference_steps": 50,
+            "guidance_scale": 2.5,
+            "img_guidance_scale": 1.6,
+            "height": 1024,
+            "width": 1024,
+            "max_input_image_size": 1024,
+        },
+        source_call_kwargs={"guidance_scale": 2.0},
+        output_size="the source image's size after OmniGen's input processing (long side <= 1024, multiples of 16) "
+        "when the sample has one, else 1024x1024",
+        sources={
+            "num_inference_steps": "OmniGenPipeline example and OmniGen inference docs (50)",
+            "guidance_scale": "diffusers OmniGen docs: 2.5 for subject-driven generation, 2.0 for image editing",
+            "img_guidance_scale": "diffusers OmniGen docs (1.6)",
+            "height/width": "diffusers OmniGen docs (1024x1024; editing keeps the input size)",
+            "max_input_image_size": "OmniGenPipeline default (1024)",
+        },
+    ),
+    "blip-diffusion": Preset(
+        pretrained="Salesforce/blipdiffusion",
+        pipeline="BlipDiffusionPipeline",
+        call_kwargs={
+            "num_inference_steps": 25,
+            "guidance_scale": 7.5,
+            "height": 512,
+            "width": 512,
+            "neg_prompt": "over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
+            "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, bad "
+            "proportions, deformed, blurry, duplicate",
+        },
+        dtype="fp16",
+        output_size="512x512",
+        sources={
+            "all settings": "BlipDiffusionPipeline example in diffusers (25 steps, guidance 7.5, 512x512, its "
+            "negative prompt); scheduler PNDM as shipped"
+        },
+    ),
+    "flux-kontext": Preset(
+        pretrained="black-forest-labs/FLUX.1-Kontext-dev",
+        pipeline="FluxKontextPipeline",
+        call_kwargs={"num_inference_steps": 28, "guidance_scale": 2.5},
+        gated=True,
+        output_size="FLUX.1 Kontext's preferred resolution closest to the source aspect ratio (about 1 megapixel)",
+        sources={
+            "guidance_scale": "FLUX.1-Kontext-dev model card and FluxKontextPipeline example (2.5)",
+            "num_inference_steps": "FluxKontextPipeline default (28)",
+        },
+    ),
+    "qwen-image-edit": Preset(
+        pretrained="Qwen/Qwen-Image-Edit",
+        pipeline="QwenImageEditPipeline",
+        call_kwargs={"num_inference_steps": 50, "true_cfg_scale": 4.0, "negative_prompt": " "},
+        output_size="about 1 megapixel at the source aspect ratio, sides multiples of 32",
+        sources={"all settings": "Qwen/Qwen-Image-Edit model card (50 steps, true_cfg_scale 4.0, negative prompt ' ')"},
+    ),
+    "qwen-image-edit-plus": Preset(
+        pretrained="Qwen/Qwen-Image-Edit-2509",
+        pipeline="QwenImageEditPlusPipeline",
+        call_kwargs={"num_inference_steps": 40, "true_cfg_scale": 4.0, "guidance_scale": 1.0, "negative_prompt": " "},
+        output_size="about 1 megapixel at the aspect ratio of the last input image, sides multiples of 32",
+        sources={
+            "all settings": "Qwen/Qwen-Image-Edit-2509 model card (40 steps, true_cfg_scale 4.0, guidance_scale 1.0, "
+            "negative prompt ' ')"
+        },
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Families: how a sample becomes a pipeline call
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """One output image's pipeline inputs, decoded from a sample.
+
+    Attributes:
+        prompt: The text the pipeline receives (already in the family's format).
+        images: The images the pipeline receives, in the family's order.
+        source: The sample's source image as given, or ``None`` (its presence selects the preset's editing
+            settings; some families size the output after it).
+        group_key: Requests with equal keys may share one pipeline call; ``None`` runs the request alone.
+    """
+
+    prompt: str
+    images: tuple[Image.Image, ...]
+    source: Image.Image | None
+    group_key: Hashable | None
+
+
+class PipelineFamily(ABC):
+    """Maps samples onto one diffusers pipeline class's call."""
+
+    pipeline_class: ClassVar[str]
+    task_kinds: ClassVar[tuple[SampleKind, ...]]
+    input_arguments: ClassVar[tuple[str, ...]]
+    """Call arguments the family fills from the sample; users cannot override them."""
+
+    def __init__(self, resolution: int | None) -> None:
+        self.resolution = resolution
+
+    def check(self, sample: Sample) -> None:
+        """Raises when the sample's kind or inputs are outside what this family can take."""
+        if sample.kind not in self.task_kinds:
+            raise MigeBenchError(
+                f"{self.pipeline_class} cannot run sample {sample.id} of kind {sample.kind!r}: it supports "
+                f"{', '.join(self.task_kinds)}; pick a task of those kinds or another model."
+            )
+
+    @abstractmethod
+    def prepare(self, sample: Sample) -> PreparedInput:
+        """Decodes one sample into this family's inputs."""
+
+    @abstractmethod
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        """Runs the pipeline once for ``batch`` (all with the same ``group_key``) and returns one image per input."""
+
+    def _source(self, sample: Sample) -> Image.Image:
+        if sample.inputs.source_image is None:
+            raise MigeBenchError(
+                f"{self.pipeline_class} edits a source image and sample {sample.id} has none; run it on editing tasks."
+            )
+        return sample.inputs.source_image.open()
+
+
+class InstructPix2PixFamily(PipelineFamily):
+    """Source image + instruction. With ``batch_calls=1``, requests whose fitted sources share a size share a call."""
+
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+    task_kinds = ("edit",)
+    input_arguments = ("prompt", "image", "generator", "num_images_per_prompt")
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        source = self._source(sample)
+        fitted = fit_to_resolution(source, self.resolution) if self.resolution is not None else source
+        return PreparedInput(sample.inputs.prompt, (fitted,), source, group_key=fitted.size)
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        prompts = [request.prompt for request in batch]
+        images = [request.images[0] for request in batch]
+        return pipe(prompt=prompts, image=images, generator=generators, **kwargs).images
+
+
+OMNIGEN_IMAGE_TAG = "<img><|image_{index}|></img>"
+
+
+class OmniGenFamily(PipelineFamily):
+    """OmniGen's multimodal prompt: each image appears in the text as ``<img><|image_i|></img>`` (1-based).
+
+    The sample's multimodal prompt is used when it has one (its placeholders, in order, become image tags); an
+    editing sample without one gets the source image tag in front of the instruction, as in OmniGen's editing
+    examples. A sample with a source image is generated at the source's size as OmniGen processes it.
+    """
+
+    pipeline_class = "OmniGenPipeline"
+    task_kinds = ("subject", "edit", "subject_edit")
+    input_arguments = ("prompt", "input_images", "generator", "num_images_per_prompt", "use_input_image_size_as_output")
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        inputs = sample.inputs
+        if inputs.multimodal_prompt is not None:
+            prompt = omnigen_prompt(inputs.multimodal_prompt)
+            images = tuple(reference.open() for reference in inputs.placeholder_images)
+        elif inputs.source_image is not None:
+            prompt = f"{OMNIGEN_IMAGE_TAG.format(index=1)} {inputs.prompt}"
+            images = (inputs.source_image.open(),)
+        elif inputs.subject_images:
+            raise MigeBenchError(
+                f"OmniGen needs a multimodal prompt to place the subject images of sample {sample.id}, and the task "
+                "gives none; use a task that defines one (e.g. dreambench_mige)."
+            )
+        else:
+            prompt, images = inputs.prompt, ()
+        source = inputs.source_image.open() if inputs.source_image is not None else None
+        # Never batched: different prompts would be padded to one length, which changes what attention sees.
+        return PreparedInput(prompt, images, source, group_key=None)
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        (request,) = batch
+        if request.source is not None:
+            # Output at the size OmniGen gives the source inside the model, wherever the source sits in the prompt
+            # (the pipeline's own use_input_image_size_as_output takes the first image, an entity in MIGEBench add).
+            from diffusers.pipelines.omnigen.processor_omnigen import crop_image
+
+            width, height = crop_image(request.source, kwargs.get("max_input_image_size", 1024)).size
+            kwargs = {**kwargs, "width": width, "height": height}
+        return pipe(
+            prompt=[request.prompt],
+            input_images=[list(request.images)] if request.images else None,
+            generator=generators,
+            **kwargs,
+        ).images
+
+
+def omnigen_prompt(multimodal_prompt: str) -> str:
+    """Replaces each :data:`IMAGE_PLACEHOLDER` (case-insensitive), in order, with OmniGen's tag for image 1, 2, ..."""
+    counter = itertools.count(1)
+    pattern = re.compile(re.escape(IMAGE_PLACEHOLDER), re.IGNORECASE)
+    return pattern.sub(lambda _: OMNIGEN_IMAGE_TAG.format(index=next(counter)), multimodal_prompt)
+
+
+FAMILIES: dict[str, type[PipelineFamily]] = {
+    family.pipeline_class: family for family in (InstructPix2PixFamily, OmniGenFamily)
+}
+
+
+def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
+    """InstructPix2Pix's input sizing: scale so the long side is about ``resolution``, then crop to multiples of 64.
+
+    The scale factor is chosen so the short side lands on a multiple of 64 (rounded up); both sides are then floored
+    to multiples of 64 and the image is scaled and centre-cropped to that size with Lanczos (PIL ``ImageOps.fit``).
+    """
+    width, height = image.size
+    factor = resolution / max(width, height)
+    factor = math.ceil(min(width, height) * factor / 64) * 64 / min(width, height)
+    target = (int(width * factor // 64) * 64, int(height * factor // 64) * 64)
+    if target == image.size:
+        return image
+    return ImageOps.fit(image, target, method=Image.Resampling.LANCZOS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The generator
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DiffusersGenerator(Generator):
+    """Runs a diffusers pipeline of a supported family; see the module docstring.
+
+    Args:
+        preset: Name of a :data:`PRESETS` entry; its settings are the defaults of every other argument.
+        pretrained: Hub id or local folder of the diffusers-format pipeline (overrides the preset's).
+        pipeline: diffusers pipeline class name (default: the preset's, else read from ``model_index.json``).
+        dtype: ``bf16``, ``fp16`` or ``fp32`` (default: the preset's on GPU, fp32 on CPU).
+        device: Torch device, passed by the runner.
+        cpu_offload: ``1`` to keep weights on CPU and move each component to the device only while it runs.
+        scheduler: diffusers scheduler class to swap in (default: the preset's, else the checkpoint's).
+        resolution: Long side InstructPix2Pix-family inputs are fitted to (default: the preset's; none: as given).
+        batch_calls: ``1`` to pass compatible requests of a batch to one pipeline call (see the module docstring).
+        **call_overrides: Keyword arguments of the pipeline call, as strings (numbers are parsed).
+    """
+
+    name = "diffusers"
+
+    def __init__(
+        self,
+        preset: str | None = None,
+        pretrained: str | None = None,
+        pipeline: str | None = None,
+        dtype: str | None = None,
+        device: str = "cpu",
+        cpu_offload: str = "0",
+        scheduler: str | None = None,
+        resolution: str | None = None,
+        batch_calls: str = "0",
+        **call_overrides: str,
+    ) -> None:
+        self.preset_name = preset
+        base = _lookup_preset(preset)
+        self.pretrained = pretrained or (base.pretrained if base else None)
+        if self.pretrained is None:
+            raise MigeBenchError(
+                "The diffusers model needs preset=<name> or pretrained=<hub id or folder>; presets: "
+                f"{', '.join(PRESETS)}."
+            )
+        self.device = device
+        self.cpu_offload = _parse_flag("cpu_offload", cpu_offload)
+        self.batch_calls = _parse_flag("batch_calls", batch_calls)
+        self.dtype_name = dtype or (base.dtype if base and torch.device(device).type != "cpu" else "fp32")
+        if self.dtype_name not in DTYPES:
+            raise MigeBenchError(f"dtype={self.dtype_name!r} is not one of {', '.join(DTYPES)}.")
+        self.scheduler_name = scheduler or (base.scheduler if base else None)
+        self.resolution = int(resolution) if resolution else (base.resolution if base else None)
+        self.gated = bool(base and base.gated and pretrained is None)
+        self.pipe = self._load(pipeline or (base.pipeline if base else None))
+        self.family = FAMILIES[type(self.pipe).__name__](self.resolution)
+        self.call_kwargs = {**(base.call_kwargs if base else {}), **self._parse_overrides(call_overrides)}
+        self.source_call_kwargs = {
+            key: value for key, value in (base.source_call_kwargs if base else {}).items() if key not in call_overrides
+        }
+        self._preset = base
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        preset = self._preset
+        return {
+            "preset": self.preset_name,
+            "pretrained": self.pretrained,
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "dtype": self.dtype_name,
+            "cpu_offload": self.cpu_offload,
+            "batch_calls": self.batch_calls,
+            "resolution": self.resolution,
+            "call_kwargs": self.call_kwargs,
+            "source_call_kwargs": self.source_call_kwargs,
+            "output_size": preset.output_size if preset else "the pipeline's default for its inputs",
+            "sources": dict(preset.sources) if preset else {},
+            "task_kinds": list(self.family.task_kinds),
+            "seeding": "one CPU torch.Generator per output image, seeded with the runner's per-image seed",
+        }
+
+    def generate(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Image.Image]:
+        for sample in samples:
+            self.family.check(sample)
+        prepared = [self.family.prepare(sample) for sample in samples]
+        images: list[Image.Image] = []
+        keys = [request.group_key if self.batch_calls else None for request in prepared]
+        for start, stop in _runs_of_equal_keys(keys):
+            batch = prepared[start:stop]
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[start:stop]]
+            kwargs = {**self.call_kwargs, **(self.source_call_kwargs if batch[0].source is not None else {})}
+            with torch.inference_mode():
+                images.extend(image.convert("RGB") for image in self.family.call(self.pipe, batch, generators, kwargs))
+        return images
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    def _load(self, pipeline_name: str | None) -> Any:
+        import diffusers
+
+        pipeline_class = diffusers.DiffusionPipeline
+        if pipeline_name is not None:
+            if pipeline_name not in FAMILIES:
+                raise MigeBenchError(
+                    f"pipeline={pipeline_name!r} is not supported by the diffusers model; supported: "
+                    f"{', '.join(FAMILIES)}."
+                )
+            pipeline_class = getattr(diffusers, pipeline_name)
+        pipe = self._from_pretrained(pipeline_class)
+        if type(pipe).__name__ not in FAMILIES:
+            raise MigeBenchError(
+                f"{self.pretrained} holds a {type(pipe).__name__}, which the diffusers model does not support; "
+                f"supported: {', '.join(FAMILIES)}."
+            )
+        if self.scheduler_name is not None:
+            scheduler_class = getattr(diffusers, self.scheduler_name, None)
+            if scheduler_class is None:
+                raise MigeBenchError(f"scheduler={self.scheduler_name!r} is not a diffusers scheduler class.")
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        if self.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(desc=type(pipe).__name__, leave=False)
+        return pipe
+
+    def _from_pretrained(self, pipeline_class: Any) -> Any:
+        from huggingface_hub.errors import GatedRepoError
+
+        local = Path(self.pretrained).expanduser()
+        if local.exists() and not (local / "model_index.json").is_file():
+            raise MigeBenchError(
+                f"{local} is not a diffusers pipeline folder (no model_index.json); download one with "
+                f"`huggingface-cli download <hub id> --local-dir {local}`."
+            )
+        source = str(local) if local.exists() else self.pretrained
+        try:
+            return pipeline_class.from_pretrained(source, torch_dtype=DTYPES[self.dtype_name])
+        except GatedRepoError as error:
+            raise MigeBenchError(self._missing_weights_message(gated=True)) from error
+        except OSError as error:  # hub errors, missing files and offline mode all derive from OSError
+            raise MigeBenchError(f"{self._missing_weights_message(gated=self.gated)} ({error})") from error
+
+    def _missing_weights_message(self, gated: bool) -> str:
+        hub_id = self.pretrained
+        message = (
+            f"Cannot load diffusers weights {hub_id!r} (offline or not downloaded). Fetch them with "
+            f"`huggingface-cli download {hub_id} --local-dir models/{Path(hub_id).name}` and pass "
+            f"pretrained=models/{Path(hub_id).name}, a folder with model_index.json and one subfolder per component"
+        )
+        if gated:
+            message += (
+                f"; the repository is gated: accept its licence at https://huggingface.co/{hub_id} and run "
+                "`huggingface-cli login` (or set HF_TOKEN) first"
+            )
+        return message + "."
+
+    def _parse_overrides(self, overrides: Mapping[str, str]) -> dict[str, Any]:
+        accepted = set(inspect.signature(type(self.pipe).__call__).parameters) - {"self", "kwargs"}
+        settable = accepted - set(self.family.input_arguments) - {"output_type", "return_dict", "latents"}
+        unknown = sorted(set(overrides) - settable)
+        if unknown:
+            raise MigeBenchError(
+                f"{type(self.pipe).__name__} has no settable call argument(s) {', '.join(unknown)}; settable: "
+                f"{', '.join(sorted(settable))}."
+            )
+        return {key: _parse_value(value) for key, value in overrides.items()}
+
+
+def _lookup_preset(name: str | None) -> Preset | None:
+    if name is None:
+        return None
+    if name not in PRESETS:
+        raise MigeBenchError(f"Unknown diffusers preset {name!r}; presets: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def _parse_flag(name: str, value: str) -> bool:
+    if str(value).lower() in ("1", "true", "yes"):
+        return True
+    if str(value).lower() in ("0", "false", "no"):
+        return False
+    raise MigeBenchError(f"{name}={value!r} must be 1 or 0.")
+
+
+def _parse_value(text: str) -> Any:
+    """``--model-args`` values arrive as strings: integers and floats become numbers, everything else stays text."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _runs_of_equal_keys(keys: Sequence[Hashable]) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive equal keys (``None`` equals nothing): requests sharing one call.
+
+    Only consecutive requests are joined, so outputs keep the runner's order without any reordering.
+    """
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index in range(1, len(keys) + 1):
+        if index == len(keys) or keys[start] is None or keys[index] != keys[start]:
+            runs.append((start, index))
+            start = index
+    return runs

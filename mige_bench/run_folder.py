@@ -1,0 +1,161 @@
+"""The run folder: the artefact joining generation and scoring.
+
+Layout::
+
+    <run>/manifest.json   everything that defines the run (task protocol, model + args, seed, sample ids)
+    <run>/images/         <sample_id>.png or <sample_id>_<k>.png
+    <run>/failures.jsonl  one line per sample whose generation failed, with the reason
+    <run>/scores.jsonl    one line per scored output image
+    <run>/results.json    aggregates + provenance (schema in ``mige_bench.results``)
+    <run>/.lock           held while a process works on the folder
+
+Every file is written atomically (temporary file + rename) or appended line by line with ``fsync``; a torn last
+line of a ``.jsonl`` file (a crash mid-write) is detected and dropped on read, so a killed run resumes with nothing
+lost, duplicated or half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mige_bench.errors import MigeBenchError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCORES = "scores.jsonl"
+FAILURES = "failures.jsonl"
+RESULTS = "results.json"
+IMAGES = "images"
+LOCK = ".lock"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes ``payload`` as indented, key-sorted JSON via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise MigeBenchError(f"{path}: file not found.") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MigeBenchError(f"{path}: not valid JSON ({error}).") from error
+
+
+def append_jsonl(path: Path, records: list[Mapping[str, Any]]) -> None:
+    """Appends records as JSON lines and fsyncs, so each completed line survives a crash."""
+    if not records:
+        return
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Reads a ``.jsonl`` file written by :func:`append_jsonl`.
+
+    A torn final line (no trailing newline, or not valid JSON) is the signature of a crash mid-append: it is dropped
+    and the file truncated to its last complete line. Corruption anywhere else is an error, never skipped.
+    """
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    offset = 0
+    for line in raw.splitlines(keepends=True):
+        complete = line.endswith(b"\n")
+        try:
+            record = json.loads(line) if complete else None
+        except json.JSONDecodeError:
+            record = None
+        if record is None:
+            if offset + len(line) != len(raw):
+                raise MigeBenchError(f"{path}: corrupt line at byte {offset}; delete the file to recompute it.")
+            logger.warning("%s: dropping a torn last line left by an interrupted run", path)
+            with path.open("r+b") as handle:
+                handle.truncate(offset)
+            break
+        records.append(record)
+        offset += len(line)
+    return records
+
+
+def manifest_differences(existing: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two manifests (recursing into mappings)."""
+    differences: list[str] = []
+    for key in sorted(set(existing) | set(requested)):
+        old, new = existing.get(key, "<absent>"), requested.get(key, "<absent>")
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differences += [f"{key}.{sub}" for sub in manifest_differences(old, new)]
+        elif old != new:
+            differences.append(key)
+    return differences
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Holds ``<run>/.lock`` so two processes never write one folder at once.
+
+    The lock records host and pid; a lock left by a dead process on this host (a crash, SIGKILL) is stale and taken
+    over. A live holder, or one on another host, makes this raise with the holder named.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _process_alive(holder["pid"]):
+                logger.warning("%s: removing a stale lock left by dead process %s", run_dir, holder["pid"])
+                lock.unlink(missing_ok=True)
+                continue
+            raise MigeBenchError(
+                f"{run_dir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')}; wait for it "
+                f"to finish, or delete {lock} if that process is gone."
+            ) from None
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(me, handle)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

@@ -1,0 +1,566 @@
+"""The two stages of a run — generate images, then score them — joined only by the run folder.
+
+``generate`` writes images + manifest; ``score`` reads images and writes scores and results. Either runs alone:
+re-scoring after a metric fix never regenerates, and a folder of someone else's images is just another generator.
+Both resume: finished images and score lines are kept, and a folder whose manifest differs from the request is
+refused (stale images are the classic silent error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mige_bench import run_folder as rf
+from mige_bench.errors import MigeBenchError
+from mige_bench.images import MAX_PIXELS, MIN_SIDE, ImageRef, save_png_atomic, to_rgb
+from mige_bench.loaders import LOADERS
+from mige_bench.metrics import METRICS
+from mige_bench.metrics.base import Excluded, Metric
+from mige_bench.models import MODELS
+from mige_bench.models.base import Generator
+from mige_bench.registry import resolve
+from mige_bench.results import build_results
+from mige_bench.sample import Sample, output_stem
+from mige_bench.task import Task, get_task, parse_task
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Requests
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate: the fields that define a run (all recorded in the manifest)."""
+
+    task: str
+    model: str
+    model_args: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    limit: int | None = None
+    images_per_sample: int | None = None
+    data_root: Path | None = None
+
+
+@dataclass
+class ExecutionOptions:
+    """How to run: settings that cannot change a number, so they are not part of the manifest identity."""
+
+    batch_size: int = 4
+    device: str = "cpu"
+    overwrite: bool = False
+    allow_failures: int = 0
+    progress: bool = True
+
+
+def derive_seed(base_seed: int, sample_id: str, k: int) -> int:
+    """The seed of output ``k`` of ``sample_id``: a hash of (base seed, sample id, k), in [0, 2**63).
+
+    Independent of batch size, order and sharding by construction: no image's seed depends on any other image.
+    """
+    digest = hashlib.sha256(f"{base_seed}:{sample_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Samples and generators
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_samples(task: Task, data_root: Path | None, limit: int | None = None) -> list[Sample]:
+    """Loads a task's samples; ``limit`` keeps the first N scored samples plus the earlier turns they chain from."""
+    loader = resolve("loader", task.loader, LOADERS)
+    samples: list[Sample] = loader(task, data_root)
+    if not samples:
+        raise MigeBenchError(f"Task {task.id} loaded no samples from {data_root or task.data}; check the data path.")
+    ids = [sample.id for sample in samples]
+    duplicates = [sample_id for sample_id, count in Counter(ids).items() if count > 1]
+    if duplicates:
+        raise MigeBenchError(f"Task {task.id}: duplicate sample ids {duplicates[:5]} from loader {task.loader}.")
+    if limit is not None:
+        by_id = {sample.id: sample for sample in samples}
+        keep: set[str] = set()
+        for sample in [s for s in samples if s.scored][:limit]:
+            chain: Sample | None = sample
+            while chain is not None and chain.id not in keep:
+                keep.add(chain.id)
+                chain = by_id.get(chain.chain_from) if chain.chain_from else None
+        samples = [sample for sample in samples if sample.id in keep]
+    return samples
+
+
+def build_generator(model: str, model_args: Mapping[str, str], device: str) -> Generator:
+    """Instantiates a registered (or ``module:Class``) generator with its ``--model-args``."""
+    generator_class = resolve("model", model, MODELS)
+    parameters = inspect.signature(generator_class).parameters
+    arguments = dict(model_args)
+    if "device" in parameters:
+        arguments.setdefault("device", device)
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [key for key in arguments if key not in parameters and not accepts_any]
+    if unknown:
+        known = [name for name in parameters if name != "self"]
+        raise MigeBenchError(
+            f"Model {model!r} does not take argument(s) {', '.join(unknown)}; it accepts: {', '.join(known) or 'none'}."
+        )
+    return generator_class(**arguments)
+
+
+def _validated_output(image: Any, label: str) -> Image.Image:
+    """Checks one generated image: a PIL image of sane size that is not blank black; returns it as RGB."""
+    if not isinstance(image, Image.Image):
+        raise MigeBenchError(f"{label}: the model returned {type(image).__name__}, not a PIL image.")
+    width, height = image.size
+    if min(width, height) < MIN_SIDE or width * height > MAX_PIXELS:
+        raise MigeBenchError(f"{label}: the model returned a {width}x{height} image, outside the accepted size range.")
+    image = to_rgb(image, label)
+    if not np.asarray(image).any():
+        raise MigeBenchError(f"{label}: the output is entirely black (a safety filter or NaN latents produce this).")
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 1: generate
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_manifest(task: Task, request: GenerationRequest, generator: Generator, samples: Sequence[Sample]) -> dict:
+    """The manifest: everything that defines the run's images. A resumed run must match it exactly."""
+    sample_ids = [sample.id for sample in samples]
+    return {
+        "schema_version": 1,
+        "task": task.definition(),
+        "model": {"name": request.model, "args": dict(request.model_args), "settings": generator.settings},
+        "seed": {"base": request.seed, "rule": "sha256('<base>:<sample_id>:<k>')[:8] >> 1"},
+        "images_per_sample": request.images_per_sample or task.images_per_sample,
+        "limit": request.limit,
+        "data_root": str(request.data_root) if request.data_root else None,
+        "samples": {
+            "count": len(sample_ids),
+            "ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest(),
+        },
+    }
+
+
+def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
+    """Creates the folder, or checks that an existing one was made by the same request (else refuses)."""
+    manifest_path = run_dir / rf.MANIFEST
+    if manifest_path.is_file():
+        existing = rf.read_json(manifest_path)
+        differences = rf.manifest_differences(existing, manifest)
+        if differences and not overwrite:
+            raise MigeBenchError(
+                f"{run_dir} holds a different run (differs in: {', '.join(differences)}); use another --out, or "
+                "--overwrite to discard its images and scores."
+            )
+        if differences:
+            logger.warning("--overwrite: discarding the previous run in %s", run_dir)
+            for name in (rf.SCORES, rf.FAILURES, rf.RESULTS):
+                (run_dir / name).unlink(missing_ok=True)
+            for image in (run_dir / rf.IMAGES).glob("*.png"):
+                image.unlink()
+    rf.write_json_atomic(manifest_path, manifest)
+
+
+def _generation_order(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Groups samples into waves: a sample that chains from another comes in a later wave than its parent."""
+    by_id = {sample.id: sample for sample in samples}
+    depth: dict[str, int] = {}
+
+    def depth_of(sample: Sample) -> int:
+        if sample.id not in depth:
+            parent = by_id.get(sample.chain_from) if sample.chain_from else None
+            if sample.chain_from and parent is None:
+                raise MigeBenchError(f"Sample {sample.id} chains from {sample.chain_from}, which is not in the task.")
+            depth[sample.id] = 0 if parent is None else depth_of(parent) + 1
+        return depth[sample.id]
+
+    waves: dict[int, list[Sample]] = {}
+    for sample in samples:
+        waves.setdefault(depth_of(sample), []).append(sample)
+    return [waves[level] for level in sorted(waves)]
+
+
+def _batches(samples: Sequence[Sample], images_per_sample: int, batch_size: int) -> Iterator[list[Sample]]:
+    """Whole samples per batch (all k outputs of a sample together), about ``batch_size`` images per batch."""
+    per_batch = max(1, batch_size // images_per_sample)
+    for start in range(0, len(samples), per_batch):
+        yield list(samples[start : start + per_batch])
+
+
+def generate_images(
+    run_dir: Path,
+    samples: Sequence[Sample],
+    generator: Generator,
+    base_seed: int,
+    images_per_sample: int,
+    options: ExecutionOptions,
+) -> list[dict[str, str]]:
+    """Generates every missing output image; returns the failures (also written to ``failures.jsonl``).
+
+    Images already on disk are kept (resume). A batch that raises is retried one sample at a time, so one bad sample
+    fails alone, with its reason recorded; nothing is skipped silently.
+    """
+    images_dir = run_dir / rf.IMAGES
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in images_dir.glob(".*.tmp"):  # half-written by a killed process; never under a final name
+        leftover.unlink()
+    (run_dir / rf.FAILURES).unlink(missing_ok=True)  # failed samples are retried, so old reasons are stale
+    failures: list[dict[str, str]] = []
+    failed_ids: set[str] = set()
+
+    def record_failure(sample: Sample, reason: str) -> None:
+        logger.warning("generation failed for %s: %s", sample.id, reason)
+        record = {"sample_id": sample.id, "reason": reason}
+        failures.append(record)
+        failed_ids.add(sample.id)
+        rf.append_jsonl(run_dir / rf.FAILURES, [record])
+
+    def output_path(sample: Sample, k: int) -> Path:
+        return images_dir / f"{sample.output_name(k, images_per_sample)}.png"
+
+    def with_chained_source(sample: Sample, k: int) -> Sample:
+        if not sample.chain_from:
+            return sample
+        parent_output = images_dir / f"{output_stem(sample.chain_from, k, images_per_sample)}.png"
+        inputs = dataclasses.replace(sample.inputs, source_image=ImageRef(path=parent_output))
+        return dataclasses.replace(sample, inputs=inputs)
+
+    def generate_batch(batch: list[Sample]) -> None:
+        requests = [(with_chained_source(s, k), k) for s in batch for k in range(images_per_sample)]
+        seeds = [derive_seed(base_seed, sample.id, k) for sample, k in requests]
+        images = generator.generate([sample for sample, _ in requests], seeds)
+        if len(images) != len(requests):
+            raise MigeBenchError(f"model returned {len(images)} images for {len(requests)} requests")
+        checked = [
+            _validated_output(image, f"{sample.id} output {k}")
+            for image, (sample, k) in zip(images, requests, strict=True)
+        ]
+        for image, (sample, k) in zip(checked, requests, strict=True):
+            save_png_atomic(image, output_path(sample, k))
+
+    total = len(samples) * images_per_sample
+    with tqdm(total=total, desc="generate", unit="img", disable=not options.progress) as progress:
+        for wave in _generation_order(samples):
+            pending = []
+            for sample in wave:
+                if sample.chain_from in failed_ids:
+                    record_failure(sample, f"previous turn {sample.chain_from} failed")
+                elif all(output_path(sample, k).is_file() for k in range(images_per_sample)):
+                    progress.update(images_per_sample)
+                else:
+                    pending.append(sample)
+            for batch in _batches(pending, images_per_sample, options.batch_size):
+                try:
+                    generate_batch(batch)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as batch_error:  # retried per sample below, each failure recorded with its reason
+                    if len(batch) == 1:
+                        record_failure(batch[0], f"{type(batch_error).__name__}: {batch_error}")
+                    else:
+                        logger.info("batch failed (%s); retrying its samples one by one", batch_error)
+                        for sample in batch:
+                            try:
+                                generate_batch([sample])
+                            except (KeyboardInterrupt, SystemExit):
+                                raise
+                            except Exception as error:
+                                record_failure(sample, f"{type(error).__name__}: {error}")
+                progress.update(len(batch) * images_per_sample)
+    return failures
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 2: score
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def task_from_manifest(manifest: Mapping[str, Any]) -> Task:
+    """The task a run was generated under, rebuilt from the manifest's frozen definition.
+
+    The current YAML of the same id must have the same version: scoring an old run under a changed protocol would
+    silently mix definitions.
+    """
+    definition = dict(manifest["task"])
+    recorded = parse_task(_definition_as_yaml(definition), source=f"manifest task {definition['id']}")
+    try:
+        current = get_task(recorded.id)
+    except MigeBenchError:
+        return recorded  # a task file passed by path, or removed since: the frozen definition is authoritative
+    if current.version != recorded.version:
+        raise MigeBenchError(
+            f"The run was generated under {recorded.id} version {recorded.version}, but the installed task is version "
+            f"{current.version}; regenerate the run (the protocol changed in a way that can move numbers)."
+        )
+    return recorded
+
+
+def _definition_as_yaml(definition: Mapping[str, Any]) -> dict[str, Any]:
+    raw = {key: value for key, value in definition.items() if key != "id"}
+    raw["metrics"] = {column: {"metric": b["metric"], **b["args"]} for column, b in definition["metrics"].items()}
+    return {key: value for key, value in raw.items() if value is not None}
+
+
+def scoring_key(task: Task, backbone_provenance: Mapping[str, Any]) -> str:
+    """Identifies a scoring configuration: score lines made under another one are never reused."""
+    payload = {"metrics": task.definition()["metrics"], "backbones": backbone_provenance}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_metrics(task: Task, backbones: Any) -> dict[str, Metric]:
+    """One metric instance per score column of the task, sharing the backbones."""
+    metrics: dict[str, Metric] = {}
+    for column, binding in task.metrics.items():
+        metric_class = resolve("metric", binding.metric, METRICS)
+        try:
+            metrics[column] = metric_class(backbones, **binding.args)
+        except TypeError as error:
+            raise MigeBenchError(
+                f"{task.source_file or task.id}: metric {column!r} has bad arguments ({error})."
+            ) from error
+    return metrics
+
+
+def score_images(
+    run_dir: Path,
+    task: Task,
+    samples: Sequence[Sample],
+    images_per_sample: int,
+    backbones: Any,
+    options: ExecutionOptions,
+) -> list[dict[str, Any]]:
+    """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
+
+    Lines from an earlier, interrupted pass with the same scoring configuration are kept; the rest are computed in
+    chunks of ``batch_size`` images and appended as they finish. Samples in ``failures.jsonl`` are not scored (they
+    are counted in the results); any other missing image is an error naming every missing file.
+    """
+    key = scoring_key(task, backbones.provenance())
+    scores_path = run_dir / rf.SCORES
+    previous = rf.read_jsonl(scores_path)
+    kept = [line for line in previous if line.get("scoring_key") == key]
+    if len(kept) != len(previous):
+        logger.info("discarding %d score lines made under another scoring configuration", len(previous) - len(kept))
+        scores_path.unlink()
+        rf.append_jsonl(scores_path, kept)
+    done = {(line["sample_id"], line["k"]) for line in kept}
+    failed = {record["sample_id"] for record in rf.read_jsonl(run_dir / rf.FAILURES)}
+
+    todo: list[tuple[Sample, int, Path]] = []
+    missing: list[str] = []
+    for sample in samples:
+        if not sample.scored or sample.id in failed:
+            continue
+        for k in range(images_per_sample):
+            path = run_dir / rf.IMAGES / f"{sample.output_name(k, images_per_sample)}.png"
+            if (sample.id, k) in done:
+                continue
+            if not path.is_file():
+                missing.append(path.name)
+            todo.append((sample, k, path))
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise MigeBenchError(
+            f"{run_dir / rf.IMAGES}: {len(missing)} output image(s) missing: {shown}. Run generation again to resume, "
+            "or score a complete folder."
+        )
+
+    metrics = build_metrics(task, backbones)
+    chunk_size = max(1, options.batch_size)
+    with tqdm(total=len(todo), desc="score", unit="img", disable=not options.progress) as progress:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            lines = _score_chunk(chunk, metrics, key)
+            rf.append_jsonl(scores_path, lines)
+            kept.extend(lines)
+            progress.update(len(chunk))
+    return kept
+
+
+def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric], key: str) -> list[dict]:
+    outputs = [ImageRef(path=path).open() for _, _, path in chunk]
+    chunk_samples = [sample for sample, _, _ in chunk]
+    lines = [
+        {
+            "sample_id": sample.id,
+            "k": k,
+            "image": f"{rf.IMAGES}/{path.name}",
+            "metadata": dict(sample.metadata),
+            "scores": {},
+            "excluded": {},
+            "scoring_key": key,
+        }
+        for sample, k, path in chunk
+    ]
+    counters: dict[str, dict[str, int]] = {}
+    for column, metric in metrics.items():
+        before = Counter(metric.counters)
+        values = metric.score(outputs, chunk_samples)
+        if len(values) != len(chunk):
+            raise RuntimeError(f"metric {column} returned {len(values)} scores for {len(chunk)} outputs")
+        for line, value in zip(lines, values, strict=True):
+            if isinstance(value, Excluded):
+                line["excluded"][column] = value.reason
+            else:
+                value = float(value)
+                if not np.isfinite(value):
+                    raise MigeBenchError(f"{line['image']}: metric {column} produced {value}; the output is unusable.")
+                line["scores"][column] = value
+        delta = Counter(metric.counters)
+        delta.subtract(before)
+        if any(delta.values()):
+            counters[column] = {name: count for name, count in delta.items() if count}
+    if counters:
+        lines[0]["counters"] = counters  # per-chunk event counts, summed by the results code
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Whole runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """What a run or a scoring pass produced."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    failures: list[dict[str, Any]]
+
+
+def _record_timing(run_dir: Path, stage: str, seconds: float) -> dict[str, float]:
+    path = run_dir / "timings.json"
+    timings = rf.read_json(path) if path.is_file() else {}
+    timings[stage] = round(timings.get(stage, 0.0) + seconds, 3)  # resumed stages add up
+    rf.write_json_atomic(path, timings)
+    return timings
+
+
+def _check_failures(failures: Sequence[Mapping[str, Any]], allowed: int, run_dir: Path) -> None:
+    if len(failures) > allowed:
+        reasons = Counter(record["reason"] for record in failures)
+        listed = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(5))
+        raise MigeBenchError(
+            f"{len(failures)} sample(s) failed to generate (allowed: {allowed}; see {run_dir / rf.FAILURES}): "
+            f"{listed}. Scores of the other samples are in {run_dir / rf.RESULTS}; pass --allow-failures N to accept."
+        )
+
+
+def run(
+    request: GenerationRequest,
+    out: Path,
+    options: ExecutionOptions | None = None,
+    backbones: Mapping[str, str] | None = None,
+    score: bool = True,
+) -> RunOutcome:
+    """Generates the task's images with the model into ``out``, then scores them (``mige-bench run``).
+
+    Args:
+        request: What to generate (task, model, seed, ...); recorded in the manifest.
+        out: The run folder; an existing folder of the same request is resumed.
+        options: Batch size, device, overwrite, allowed failures, progress bars.
+        backbones: Per-backbone overrides (``{"clip": "<hub id or dir>"}``) on top of the task's defaults.
+        score: Also score the images (``False`` stops after generation).
+
+    Raises:
+        MigeBenchError: bad input, a differing existing run, or more failures than allowed (after writing results).
+    """
+    options = options or ExecutionOptions()
+    task = get_task(request.task)
+    samples = load_samples(task, request.data_root, request.limit)
+    generator = build_generator(request.model, request.model_args, options.device)
+    manifest = build_manifest(task, request, generator, samples)
+    with rf.run_lock(out):
+        prepare_run_folder(out, manifest, options.overwrite)
+        started = time.perf_counter()
+        failures = generate_images(out, samples, generator, request.seed, manifest["images_per_sample"], options)
+        _record_timing(out, "generate", time.perf_counter() - started)
+        outcome = RunOutcome(out, {}, failures)
+        if score:
+            outcome = _score_locked(out, task, samples, manifest, backbones or {}, options)
+    _check_failures(outcome.failures, options.allow_failures, out)
+    return outcome
+
+
+def score_run(
+    run_dir: Path,
+    options: ExecutionOptions | None = None,
+    backbones: Mapping[str, str] | None = None,
+    data_root: Path | None = None,
+) -> RunOutcome:
+    """(Re-)scores an existing run folder (``mige-bench score``); images are never regenerated.
+
+    Args:
+        run_dir: A folder written by :func:`run` (it must hold ``manifest.json`` and ``images/``).
+        options: Batch size, device, progress bars, allowed failures.
+        backbones: Per-backbone overrides on top of the task's defaults.
+        data_root: The dataset location, when it moved since generation.
+    """
+    options = options or ExecutionOptions()
+    if not (run_dir / rf.MANIFEST).is_file():
+        raise MigeBenchError(
+            f"{run_dir} is not a run folder (no {rf.MANIFEST}). To score a folder of images, use "
+            "`mige-bench score --images DIR --task TASK`."
+        )
+    manifest = rf.read_json(run_dir / rf.MANIFEST)
+    task = task_from_manifest(manifest)
+    root = data_root or (Path(manifest["data_root"]) if manifest.get("data_root") else None)
+    samples = load_samples(task, root, manifest.get("limit"))
+    ids = [sample.id for sample in samples]
+    if hashlib.sha256("\n".join(ids).encode()).hexdigest() != manifest["samples"]["ids_sha256"]:
+        raise MigeBenchError(
+            f"{run_dir}: the dataset now yields different samples than when the images were generated "
+            f"({len(ids)} now, {manifest['samples']['count']} then); point --data-root at the original data."
+        )
+    with rf.run_lock(run_dir):
+        outcome = _score_locked(run_dir, task, samples, manifest, backbones or {}, options)
+    _check_failures(outcome.failures, options.allow_failures, run_dir)
+    return outcome
+
+
+def _score_locked(
+    run_dir: Path,
+    task: Task,
+    samples: Sequence[Sample],
+    manifest: Mapping[str, Any],
+    overrides: Mapping[str, str],
+    options: ExecutionOptions,
+) -> RunOutcome:
+    from mige_bench.metrics.backbones import Backbones
+
+    backbones = Backbones({**task.backbones, **overrides}, device=options.device)
+    started = time.perf_counter()
+    lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options)
+    timings = _record_timing(run_dir, "score", time.perf_counter() - started)
+    failures = rf.read_jsonl(run_dir / rf.FAILURES)
+    results = build_results(
+        manifest=manifest,
+        lines=lines,
+        failures=failures,
+        metric_classes={c: resolve("metric", b.metric, METRICS) for c, b in task.metrics.items()},
+        backbone_provenance=backbones.provenance(),
+        comparable=backbones.comparable,
+        device=options.device,
+        timings=timings,
+        scored_sample_count=sum(sample.scored for sample in samples),
+    )
+    rf.write_json_atomic(run_dir / rf.RESULTS, results)
+    return RunOutcome(run_dir, dict(results), failures)

@@ -1,0 +1,230 @@
+"""The ``diffusers`` generator on tiny random pipelines of the real classes, loaded through the adapter's own path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mige_bench.errors import MigeBenchError
+from mige_bench.images import ImageRef
+from mige_bench.models import MODELS
+from mige_bench.models.diffusers_pipeline import (
+    FAMILIES,
+    PRESETS,
+    DiffusersGenerator,
+    fit_to_resolution,
+    omnigen_prompt,
+)
+from mige_bench.sample import ModelInputs, Sample
+
+TWO_STEPS = {"num_inference_steps": "2"}
+
+
+def noise_image(width: int, height: int, seed: int) -> ImageRef:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return ImageRef.from_pil(Image.fromarray(pixels), label=f"noise {seed}")
+
+
+def edit_sample(sample_id: str, width: int = 64, height: int = 64, seed: int = 0) -> Sample:
+    source = noise_image(width, height, seed)
+    return Sample(id=sample_id, kind="edit", inputs=ModelInputs(prompt="make it red", source_image=source))
+
+
+def pixels(image: Image.Image) -> bytes:
+    return np.asarray(image).tobytes()
+
+
+# -- InstructPix2Pix ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def instruct_pix2pix(instruct_pix2pix_dir: Path) -> DiffusersGenerator:
+    return DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), resolution="64", **TWO_STEPS)
+
+
+def test_instruct_pix2pix_returns_one_image_per_request_at_the_fitted_size(
+    instruct_pix2pix: DiffusersGenerator,
+) -> None:
+    wide = edit_sample("wide", width=128, height=64)
+    images = instruct_pix2pix.generate([edit_sample("square", width=40, height=40), wide, wide], [1, 2, 3])
+    # Short side scaled up to a multiple of 64, both sides floored to multiples of 64.
+    assert [image.size for image in images] == [(64, 64), (128, 64), (128, 64)]
+    assert all(image.mode == "RGB" for image in images)
+
+
+def test_instruct_pix2pix_same_seed_is_byte_identical_and_other_seeds_differ(
+    instruct_pix2pix: DiffusersGenerator,
+) -> None:
+    sample = edit_sample("a")
+    first, again, other = (instruct_pix2pix.generate([sample], [seed])[0] for seed in (7, 7, 8))
+    assert pixels(first) == pixels(again)
+    assert pixels(first) != pixels(other)
+
+
+def test_instruct_pix2pix_image_does_not_depend_on_its_batch(instruct_pix2pix: DiffusersGenerator) -> None:
+    target = edit_sample("target", seed=1)
+    alone = instruct_pix2pix.generate([target], [7])[0]
+    batch = instruct_pix2pix.generate([edit_sample("b", seed=2), target, edit_sample("c", seed=3)], [5, 7, 9])
+    assert pixels(batch[1]) == pixels(alone)
+    assert pixels(batch[0]) != pixels(alone)
+
+
+def test_batch_calls_share_one_pipeline_call_with_per_image_noise(instruct_pix2pix_dir: Path) -> None:
+    batched = DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), resolution="64", batch_calls="1", **TWO_STEPS)
+    calls = []
+    original_call = type(batched.pipe).__call__
+    batched.pipe.__class__ = type("Counting", (type(batched.pipe),), {})
+    type(batched.pipe).__call__ = lambda pipe, **kwargs: (
+        calls.append(len(kwargs["prompt"])) or original_call(pipe, **kwargs)
+    )
+    target = edit_sample("target", seed=1)
+    images = batched.generate([edit_sample("b", seed=2), target, target], [5, 7, 7])
+    assert calls == [3]
+    # Same seed and inputs inside one call give the same image: no noise is shared along the batch.
+    assert pixels(images[1]) == pixels(images[2])
+    assert pixels(images[0]) != pixels(images[1])
+
+
+def test_instruct_pix2pix_refuses_a_sample_without_source_image(instruct_pix2pix: DiffusersGenerator) -> None:
+    subject = Sample(id="s", kind="subject", inputs=ModelInputs(prompt="a dog", subject_images=(noise_image(8, 8, 0),)))
+    with pytest.raises(MigeBenchError, match="supports edit"):
+        instruct_pix2pix.generate([subject], [0])
+
+
+def test_settings_record_pipeline_scheduler_and_call_arguments(instruct_pix2pix: DiffusersGenerator) -> None:
+    settings = instruct_pix2pix.settings
+    assert settings["pipeline"] == "StableDiffusionInstructPix2PixPipeline"
+    assert settings["scheduler"] == "EulerAncestralDiscreteScheduler"
+    assert settings["call_kwargs"] == {"num_inference_steps": 2}
+    assert settings["dtype"] == "fp32"
+    assert settings["resolution"] == 64
+
+
+def test_preset_pins_published_settings_and_user_arguments_override_them(instruct_pix2pix_dir: Path) -> None:
+    generator = DiffusersGenerator(
+        preset="instruct-pix2pix", pretrained=str(instruct_pix2pix_dir), scheduler="DDIMScheduler", **TWO_STEPS
+    )
+    settings = generator.settings
+    assert settings["call_kwargs"] == {"num_inference_steps": 2, "guidance_scale": 7.5, "image_guidance_scale": 1.5}
+    assert settings["scheduler"] == "DDIMScheduler"
+    assert settings["resolution"] == 512
+    assert "edit_cli.py" in settings["sources"]["guidance_scale"]
+
+
+def test_unknown_call_argument_is_refused_with_the_settable_ones(instruct_pix2pix_dir: Path) -> None:
+    with pytest.raises(MigeBenchError, match="no settable call argument.*num_steps.*image_guidance_scale"):
+        DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), num_steps="2")
+    with pytest.raises(MigeBenchError, match="no settable call argument.*prompt"):
+        DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), prompt="x")
+
+
+# -- OmniGen -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def omnigen(omnigen_dir: Path) -> DiffusersGenerator:
+    return DiffusersGenerator(pretrained=str(omnigen_dir), pipeline="OmniGenPipeline", **TWO_STEPS)
+
+
+def subject_edit_sample(sample_id: str) -> Sample:
+    source, entity = noise_image(48, 32, 10), noise_image(32, 32, 11)
+    return Sample(
+        id=sample_id,
+        kind="subject_edit",
+        inputs=ModelInputs(
+            prompt="add the cat",
+            source_image=source,
+            subject_images=(entity,),
+            multimodal_prompt="add the cat <imagehere> to <ImageHere>",
+            placeholder_images=(entity, source),
+        ),
+    )
+
+
+def test_omnigen_prompt_numbers_placeholders_in_order() -> None:
+    assert omnigen_prompt("put <imagehere> into <ImageHere>") == (
+        "put <img><|image_1|></img> into <img><|image_2|></img>"
+    )
+
+
+def test_omnigen_handles_all_three_kinds_at_the_expected_sizes(omnigen: DiffusersGenerator) -> None:
+    subject = Sample(
+        id="dog",
+        kind="subject",
+        inputs=ModelInputs(
+            prompt="a dog in the jungle",
+            subject_images=(noise_image(32, 32, 3),),
+            multimodal_prompt="a <imagehere> in the jungle",
+            placeholder_images=(noise_image(32, 32, 3),),
+        ),
+    )
+    wide_edit = edit_sample("edit", width=48, height=32)
+    generator = DiffusersGenerator(
+        pretrained=str(omnigen.pretrained), height="32", width="16", **TWO_STEPS
+    )  # pipeline read from model_index.json
+    images = generator.generate([subject, wide_edit, subject_edit_sample("add")], [0, 1, 2])
+    # Generation: the requested size; editing: the source's size (not the entity's, which comes first in "add").
+    assert [image.size for image in images] == [(16, 32), (48, 32), (48, 32)]
+
+
+def test_omnigen_same_seed_is_byte_identical_other_seeds_differ_and_batches_do_not_matter(
+    omnigen: DiffusersGenerator,
+) -> None:
+    target = subject_edit_sample("target")
+    alone, again, other = (omnigen.generate([target], [seed])[0] for seed in (4, 4, 5))
+    batch = omnigen.generate([edit_sample("x"), target, target], [1, 4, 5])
+    assert pixels(alone) == pixels(again) == pixels(batch[1])
+    assert pixels(alone) != pixels(other)
+    assert pixels(batch[2]) == pixels(other)
+
+
+def test_omnigen_refuses_subject_images_without_a_multimodal_prompt(omnigen: DiffusersGenerator) -> None:
+    sample = Sample(id="s", kind="subject", inputs=ModelInputs(prompt="a dog", subject_images=(noise_image(8, 8, 0),)))
+    with pytest.raises(MigeBenchError, match="multimodal prompt"):
+        omnigen.generate([sample], [0])
+
+
+# -- Loading, presets, registry ---------------------------------------------------------------------------------------
+
+
+def test_missing_weights_name_the_hub_id_and_how_to_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MigeBenchError, match=r"no-such-org/no-such-model.*huggingface-cli download"):
+        DiffusersGenerator(pretrained="no-such-org/no-such-model", pipeline="StableDiffusionInstructPix2PixPipeline")
+
+
+def test_gated_preset_says_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if PRESETS["flux-kontext"].pipeline not in FAMILIES:
+        pytest.skip("FLUX.1 Kontext family not implemented")
+    with pytest.raises(MigeBenchError, match=r"FLUX.1-Kontext-dev.*huggingface-cli login"):
+        DiffusersGenerator(preset="flux-kontext")
+
+
+def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MigeBenchError, match="no model_index.json"):
+        DiffusersGenerator(pretrained=str(tmp_path))
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(MigeBenchError, match="instruct-pix2pix"):
+        DiffusersGenerator(preset="pix2pix")
+
+
+def test_every_preset_names_a_supported_family_and_cites_its_settings() -> None:
+    for name, preset in PRESETS.items():
+        assert preset.pipeline in FAMILIES, name
+        assert preset.sources, name
+
+
+def test_registry_points_at_the_generator() -> None:
+    assert MODELS["diffusers"] == "mige_bench.models.diffusers_pipeline:DiffusersGenerator"
+
+
+def test_fit_to_resolution_follows_instruct_pix2pix_rule() -> None:
+    assert fit_to_resolution(Image.new("RGB", (640, 480)), 512).size == (512, 384)
+    assert fit_to_resolution(Image.new("RGB", (500, 333)), 512).size == (512, 384)
+    assert fit_to_resolution(Image.new("RGB", (512, 512)), 512).size == (512, 512)
