@@ -46,6 +46,16 @@ def parse_backbones(items: Sequence[str] | None) -> dict[str, str]:
     return overrides
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """Parses ``--shard I/N`` (0-based ``I``)."""
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise MigeBenchError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4.")
+    return int(index), int(count)
+
+
 def default_out(task_id: str, model: str) -> Path:
     """``runs/<task id>/<model>``, with characters unsafe in folder names replaced."""
     safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in task_id)
@@ -85,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--images-per-sample", type=int, help="override the task's number of images per sample")
     run.add_argument("--overwrite", action="store_true", help="discard an existing, different run in --out")
     run.add_argument("--no-score", action="store_true", help="stop after generation")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="generate only shard I of N (0-based) into the shared --out; set automatically under torchrun / "
+        "accelerate launch; the last shard to finish scores the run",
+    )
     _add_execution_flags(run)
 
     score = commands.add_parser("score", help="score an existing run folder, or a folder of images for a task")
@@ -94,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", type=Path, help="run folder for --images (default runs/<task>/folder)")
     _add_execution_flags(score)
 
+    merge = commands.add_parser("merge", help="combine run folders generated separately for the same run")
+    merge.add_argument("sources", nargs="+", type=Path, help="run folders with identical manifests")
+    merge.add_argument("--out", type=Path, required=True, help="merged run folder (then run `score` on it)")
+
     listing = commands.add_parser("ls", help="list tasks, models or metrics")
     listing.add_argument("what", choices=["tasks", "models", "metrics"])
 
@@ -101,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("fetch", help="download what is public for a task (resumable)")
     fetch.add_argument("task")
-    fetch.add_argument("--to", type=Path, help="destination folder")
+    fetch.add_argument(
+        "--to", type=Path, help="destination folder (default $MIGE_BENCH_HOME/data/<dataset>, where loaders look)"
+    )
     check = data_commands.add_parser("check", help="validate a local copy: counts, missing and unreadable files")
     check.add_argument("task")
     check.add_argument("--data-root", type=Path, required=True)
@@ -205,7 +227,7 @@ def command_run(args: argparse.Namespace) -> None:
     outcome = run(
         request,
         out=args.out or default_out(task.id, args.model),
-        options=_execution_options(args, ExecutionOptions, overwrite=args.overwrite),
+        options=_execution_options(args, ExecutionOptions, overwrite=args.overwrite, shard=parse_shard(args.shard)),
         backbones=parse_backbones(args.backbone),
         score=not args.no_score,
     )
@@ -264,15 +286,15 @@ def command_ls(args: argparse.Namespace) -> None:
 
 
 def command_data(args: argparse.Namespace) -> None:
-    from mige_bench import datasets_io
+    from mige_bench import data_store
     from mige_bench.task import get_task
 
     task = get_task(args.task)
     if args.data_command == "fetch":
-        location = datasets_io.fetch_dataset(task, args.to or Path("data") / task.name)
+        location = data_store.fetch_dataset(task, args.to)
         print(f"{task.id}: data in {location}")
     else:
-        report = datasets_io.check_dataset(task, args.data_root)
+        report = data_store.check_dataset(task, args.data_root)
         print(report.render())
         if not report.ok:
             raise MigeBenchError(f"{args.data_root} is not a complete copy of the {task.id} data (see above).")
@@ -312,7 +334,20 @@ def command_compare(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_CHECK_FAILED)
 
 
-COMMANDS = {"run": command_run, "score": command_score, "ls": command_ls, "data": command_data}
+def command_merge(args: argparse.Namespace) -> None:
+    from mige_bench.runner import merge_runs
+
+    merged = merge_runs(args.sources, args.out)
+    print(f"merged {len(args.sources)} folder(s) into {merged}; score it with: mige-bench score {merged}")
+
+
+COMMANDS = {
+    "run": command_run,
+    "score": command_score,
+    "merge": command_merge,
+    "ls": command_ls,
+    "data": command_data,
+}
 COMMANDS["leaderboard"] = command_leaderboard
 COMMANDS["compare"] = command_compare
 

@@ -7,7 +7,12 @@ Layout::
     <run>/failures.jsonl  one line per sample whose generation failed, with the reason
     <run>/scores.jsonl    one line per scored output image
     <run>/results.json    aggregates + provenance (schema in ``mige_bench.results``)
+    <run>/timings.json    wall seconds per stage
     <run>/.lock           held while a process works on the folder
+
+A sharded run (``--shard i/n``) writes into the same folder: its own images, ``failures.shard-<i>-of-<n>.jsonl``,
+``timings.shard-<i>-of-<n>.json``, a ``.lock.shard-<i>-of-<n>`` while it works and ``shards/<i>-of-<n>.done`` when
+it has finished; scoring reads every shard's files.
 
 Every file is written atomically (temporary file + rename) or appended line by line with ``fsync``; a torn last
 line of a ``.jsonl`` file (a crash mid-write) is detected and dropped on read, so a killed run resumes with nothing
@@ -38,6 +43,30 @@ IMAGES = "images"
 LOCK = ".lock"
 
 
+def shard_suffix(shard: tuple[int, int] | None) -> str:
+    """``""`` for an unsharded run, ``".shard-<i>-of-<n>"`` for shard ``i`` of ``n``."""
+    return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+
+
+def failures_path(run_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    return run_dir / f"failures{shard_suffix(shard)}.jsonl"
+
+
+def read_all_failures(run_dir: Path) -> list[dict[str, Any]]:
+    """Failure records of the run and of all its shards, ordered by sample id."""
+    records = [record for path in sorted(run_dir.glob("failures*.jsonl")) for record in read_jsonl(path)]
+    return sorted(records, key=lambda record: record["sample_id"])
+
+
+def read_all_timings(run_dir: Path) -> dict[str, float]:
+    """Stage timings of the run (``generate``, ``score``) and of its shards (``generate.shard-<i>-of-<n>``)."""
+    timings: dict[str, float] = {}
+    for path in sorted(run_dir.glob("timings*.json")):
+        suffix = path.name[len("timings") : -len(".json")]
+        timings.update({f"{stage}{suffix}": seconds for stage, seconds in read_json(path).items()})
+    return timings
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Writes ``payload`` as indented, key-sorted JSON via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +75,20 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file and a rename."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -126,14 +169,14 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, shard: tuple[int, int] | None = None) -> Iterator[None]:
     """Holds ``<run>/.lock`` so two processes never write one folder at once.
 
     The lock records host and pid; a lock left by a dead process on this host (a crash, SIGKILL) is stale and taken
     over. A live holder, or one on another host, makes this raise with the holder named.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK
+    lock = run_dir / f"{LOCK}{shard_suffix(shard)}"
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     for _ in range(2):
         try:

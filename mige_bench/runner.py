@@ -67,6 +67,8 @@ class ExecutionOptions:
     overwrite: bool = False
     allow_failures: int = 0
     progress: bool = True
+    shard: tuple[int, int] | None = None
+    """``(i, n)``: generate only shard ``i`` of ``n`` (see :func:`shard_samples`); ``None`` = everything."""
 
 
 def derive_seed(base_seed: int, sample_id: str, k: int) -> int:
@@ -76,6 +78,40 @@ def derive_seed(base_seed: int, sample_id: str, k: int) -> int:
     """
     digest = hashlib.sha256(f"{base_seed}:{sample_id}:{k}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def shard_from_environment() -> tuple[int, int] | None:
+    """``(rank, world size)`` when launched by ``torchrun`` / ``accelerate launch`` with several processes."""
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"]), world_size
+    return None
+
+
+def device_for_process(device: str) -> str:
+    """A bare ``cuda`` becomes ``cuda:<LOCAL_RANK>`` under a multi-process launcher, so ranks use their own GPU."""
+    import os
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+def shard_samples(samples: Sequence[Sample], shard: tuple[int, int]) -> list[Sample]:
+    """The samples of shard ``i`` of ``n``: chains (multi-turn sessions) are dealt round-robin, never split."""
+    index, count = shard
+    by_id = {sample.id: sample for sample in samples}
+
+    def root(sample: Sample) -> str:
+        while sample.chain_from and sample.chain_from in by_id:
+            sample = by_id[sample.chain_from]
+        return sample.id
+
+    roots = list(dict.fromkeys(root(sample) for sample in samples))
+    mine = {root_id for position, root_id in enumerate(roots) if position % count == index}
+    return [sample for sample in samples if root(sample) in mine]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -171,8 +207,10 @@ def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bo
             )
         if differences:
             logger.warning("--overwrite: discarding the previous run in %s", run_dir)
-            for name in (rf.SCORES, rf.FAILURES, rf.RESULTS):
+            for name in (rf.SCORES, rf.RESULTS):
                 (run_dir / name).unlink(missing_ok=True)
+            for stale in [*run_dir.glob("failures*.jsonl"), *run_dir.glob("timings*.json"), *run_dir.glob("shards/*")]:
+                stale.unlink()
             for image in (run_dir / rf.IMAGES).glob("*.png"):
                 image.unlink()
     rf.write_json_atomic(manifest_path, manifest)
@@ -221,7 +259,8 @@ def generate_images(
     images_dir.mkdir(parents=True, exist_ok=True)
     for leftover in images_dir.glob(".*.tmp"):  # half-written by a killed process; never under a final name
         leftover.unlink()
-    (run_dir / rf.FAILURES).unlink(missing_ok=True)  # failed samples are retried, so old reasons are stale
+    failures_file = rf.failures_path(run_dir, options.shard)
+    failures_file.unlink(missing_ok=True)  # failed samples are retried, so old reasons are stale
     failures: list[dict[str, str]] = []
     failed_ids: set[str] = set()
 
@@ -230,7 +269,7 @@ def generate_images(
         record = {"sample_id": sample.id, "reason": reason}
         failures.append(record)
         failed_ids.add(sample.id)
-        rf.append_jsonl(run_dir / rf.FAILURES, [record])
+        rf.append_jsonl(failures_file, [record])
 
     def output_path(sample: Sample, k: int) -> Path:
         return images_dir / f"{sample.output_name(k, images_per_sample)}.png"
@@ -256,7 +295,8 @@ def generate_images(
             save_png_atomic(image, output_path(sample, k))
 
     total = len(samples) * images_per_sample
-    with tqdm(total=total, desc="generate", unit="img", disable=not options.progress) as progress:
+    label = "generate" if options.shard is None else f"generate [shard {options.shard[0]}/{options.shard[1]}]"
+    with tqdm(total=total, desc=label, unit="img", disable=not options.progress) as progress:
         for wave in _generation_order(samples):
             pending = []
             for sample in wave:
@@ -361,7 +401,7 @@ def score_images(
         scores_path.unlink()
         rf.append_jsonl(scores_path, kept)
     done = {(line["sample_id"], line["k"]) for line in kept}
-    failed = {record["sample_id"] for record in rf.read_jsonl(run_dir / rf.FAILURES)}
+    failed = {record["sample_id"] for record in rf.read_all_failures(run_dir)}
 
     todo: list[tuple[Sample, int, Path]] = []
     missing: list[str] = []
@@ -446,12 +486,11 @@ class RunOutcome:
     failures: list[dict[str, Any]]
 
 
-def _record_timing(run_dir: Path, stage: str, seconds: float) -> dict[str, float]:
-    path = run_dir / "timings.json"
+def _record_timing(run_dir: Path, stage: str, seconds: float, shard: tuple[int, int] | None = None) -> None:
+    path = run_dir / f"timings{rf.shard_suffix(shard)}.json"
     timings = rf.read_json(path) if path.is_file() else {}
     timings[stage] = round(timings.get(stage, 0.0) + seconds, 3)  # resumed stages add up
     rf.write_json_atomic(path, timings)
-    return timings
 
 
 def _check_failures(failures: Sequence[Mapping[str, Any]], allowed: int, run_dir: Path) -> None:
@@ -484,20 +523,44 @@ def run(
         MigeBenchError: bad input, a differing existing run, or more failures than allowed (after writing results).
     """
     options = options or ExecutionOptions()
+    if options.shard is None:
+        options = dataclasses.replace(options, shard=shard_from_environment())
+    options = dataclasses.replace(options, device=device_for_process(options.device))
+    if options.shard is not None and options.overwrite:
+        raise MigeBenchError("--overwrite cannot be combined with sharding: it would delete other shards' images.")
     task = get_task(request.task)
     samples = load_samples(task, request.data_root, request.limit)
+    # Missing metric weights fail here, before hours of generation, with the full list of what to download.
+    scoring_backbones = prepare_backbones(task, backbones or {}, options.device) if score else None
     generator = build_generator(request.model, request.model_args, options.device)
     manifest = build_manifest(task, request, generator, samples)
-    with rf.run_lock(out):
+    to_generate = samples if options.shard is None else shard_samples(samples, options.shard)
+    with rf.run_lock(out, options.shard):
         prepare_run_folder(out, manifest, options.overwrite)
         started = time.perf_counter()
-        failures = generate_images(out, samples, generator, request.seed, manifest["images_per_sample"], options)
-        _record_timing(out, "generate", time.perf_counter() - started)
-        outcome = RunOutcome(out, {}, failures)
-        if score:
-            outcome = _score_locked(out, task, samples, manifest, backbones or {}, options)
+        failures = generate_images(out, to_generate, generator, request.seed, manifest["images_per_sample"], options)
+        _record_timing(out, "generate", time.perf_counter() - started, options.shard)
+    outcome = RunOutcome(out, {}, failures)
+    if options.shard is not None and (not score or not _mark_shard_done(out, options.shard)):
+        return outcome
+    if score:
+        with rf.run_lock(out):
+            outcome = _score_locked(out, task, samples, manifest, scoring_backbones, options)
     _check_failures(outcome.failures, options.allow_failures, out)
     return outcome
+
+
+def _mark_shard_done(run_dir: Path, shard: tuple[int, int]) -> bool:
+    """Records that ``shard`` finished generating; ``True`` when every shard of the run has (this one scores)."""
+    index, count = shard
+    markers = run_dir / "shards"
+    markers.mkdir(exist_ok=True)
+    rf.write_json_atomic(markers / f"{index}-of-{count}.done", {"shard": [index, count]})
+    finished = all((markers / f"{i}-of-{count}.done").is_file() for i in range(count))
+    if not finished:
+        logger.warning("shard %d/%d done; the last shard to finish scores the run (or: mige-bench score %s)",
+                       index, count, run_dir)  # fmt: skip
+    return finished
 
 
 def score_run(
@@ -530,10 +593,25 @@ def score_run(
             f"{run_dir}: the dataset now yields different samples than when the images were generated "
             f"({len(ids)} now, {manifest['samples']['count']} then); point --data-root at the original data."
         )
+    scoring_backbones = prepare_backbones(task, backbones or {}, options.device)
     with rf.run_lock(run_dir):
-        outcome = _score_locked(run_dir, task, samples, manifest, backbones or {}, options)
+        outcome = _score_locked(run_dir, task, samples, manifest, scoring_backbones, options)
     _check_failures(outcome.failures, options.allow_failures, run_dir)
     return outcome
+
+
+def prepare_backbones(task: Task, overrides: Mapping[str, str], device: str) -> Any:
+    """The task's backbones with ``overrides`` applied, after checking that every one its metrics use is available."""
+    from mige_bench.metrics.backbones import Backbones
+
+    backbones = Backbones({**task.backbones, **overrides}, device=device)
+    backbones.ensure_available(_backbones_used(task))
+    return backbones
+
+
+def _backbones_used(task: Task) -> list[str]:
+    used = {name for b in task.metrics.values() for name in resolve("metric", b.metric, METRICS).backbones_used}
+    return sorted(used)
 
 
 def _score_locked(
@@ -541,16 +619,17 @@ def _score_locked(
     task: Task,
     samples: Sequence[Sample],
     manifest: Mapping[str, Any],
-    overrides: Mapping[str, str],
+    backbones: Any,
     options: ExecutionOptions,
 ) -> RunOutcome:
-    from mige_bench.metrics.backbones import Backbones
-
-    backbones = Backbones({**task.backbones, **overrides}, device=options.device)
+    # Loaded before the scoring key is computed, so the key holds the weight hashes: new weights under the same
+    # hub id never reuse old score lines.
+    backbones.load(_backbones_used(task))
     started = time.perf_counter()
     lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options)
-    timings = _record_timing(run_dir, "score", time.perf_counter() - started)
-    failures = rf.read_jsonl(run_dir / rf.FAILURES)
+    _record_timing(run_dir, "score", time.perf_counter() - started)
+    timings = rf.read_all_timings(run_dir)
+    failures = rf.read_all_failures(run_dir)
     results = build_results(
         manifest=manifest,
         lines=lines,
@@ -564,3 +643,36 @@ def _score_locked(
     )
     rf.write_json_atomic(run_dir / rf.RESULTS, results)
     return RunOutcome(run_dir, dict(results), failures)
+
+
+def merge_runs(sources: Sequence[Path], out: Path) -> Path:
+    """Combines run folders generated separately for the same request (e.g. shards on different machines).
+
+    Their manifests must be identical; images are copied into ``out`` (an image present in two sources must be
+    byte-identical), failure records and timings are kept per source. Score the merged folder with
+    :func:`score_run`; the results equal those of an unsharded run (timings aside).
+    """
+    if not sources:
+        raise MigeBenchError("merge needs at least one run folder.")
+    manifests = [rf.read_json(source / rf.MANIFEST) for source in sources]
+    for source, manifest in zip(sources[1:], manifests[1:], strict=True):
+        differences = rf.manifest_differences(manifests[0], manifest)
+        if differences:
+            raise MigeBenchError(
+                f"{source} is a different run from {sources[0]} (differs in: {', '.join(differences)})."
+            )
+    with rf.run_lock(out):
+        prepare_run_folder(out, manifests[0], overwrite=False)
+        (out / rf.IMAGES).mkdir(exist_ok=True)
+        for number, source in enumerate(sources):
+            for image in sorted((source / rf.IMAGES).glob("*.png")):
+                target = out / rf.IMAGES / image.name
+                data = image.read_bytes()
+                if target.is_file() and target.read_bytes() != data:
+                    raise MigeBenchError(f"{image.name} differs between merged folders; they are not the same run.")
+                if not target.is_file():
+                    rf.write_bytes_atomic(target, data)
+            for record_file in source.glob("failures*.jsonl"):
+                rf.append_jsonl(out / f"failures.merged-{number}{record_file.name[len('failures'):]}",
+                                rf.read_jsonl(record_file))  # fmt: skip
+    return out

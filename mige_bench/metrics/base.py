@@ -37,6 +37,8 @@ class Metric(ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    backbones_used: ClassVar[tuple[str, ...]] = ()
+    """Backbones (``clip``, ``dino``, ``lpips``) this metric loads, checked before any work starts."""
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()

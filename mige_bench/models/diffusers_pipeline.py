@@ -335,10 +335,11 @@ FAMILIES: dict[str, type[PipelineFamily]] = {
 
 
 def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
-    """InstructPix2Pix's input sizing: scale so the long side is about ``resolution``, then crop to multiples of 64.
+    """InstructPix2Pix's input sizing (its ``edit_cli.py``): about ``resolution`` on the long side, multiples of 64.
 
-    The scale factor is chosen so the short side lands on a multiple of 64 (rounded up); both sides are then floored
-    to multiples of 64 and the image is scaled and centre-cropped to that size with Lanczos (PIL ``ImageOps.fit``).
+    The scale that brings the long side to ``resolution`` is raised until the short side lands on a multiple of 64;
+    both scaled sides are then floored to multiples of 64 (so the long side may exceed ``resolution``: 500x333 ->
+    576x384) and the image is scaled and centre-cropped to that size with Lanczos (PIL ``ImageOps.fit``).
     """
     width, height = image.size
     factor = resolution / max(width, height)
@@ -440,7 +441,10 @@ class DiffusersGenerator(Generator):
             batch = prepared[start:stop]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[start:stop]]
             kwargs = {**self.call_kwargs, **(self.source_call_kwargs if batch[0].source is not None else {})}
-            with torch.inference_mode():
+            # Some pipelines also draw from the global RNG (OmniGen samples its input images' latents from the VAE
+            # posterior without a generator): seed it per call too, and restore it afterwards.
+            with torch.random.fork_rng(), torch.inference_mode():
+                torch.manual_seed(seeds[start])
                 images.extend(image.convert("RGB") for image in self.family.call(self.pipe, batch, generators, kwargs))
         return images
 

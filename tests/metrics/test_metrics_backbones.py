@@ -252,11 +252,20 @@ def save_tiny_open_clip(folder: Path):
     return open_clip, model
 
 
-@pytest.mark.parametrize("point_at", ["checkpoint file", "folder"])
+@pytest.mark.parametrize("point_at", ["checkpoint file", "folder", "architecture@file"])
 def test_open_clip_checkpoint_loads_with_identical_features(tmp_path: Path, point_at: str) -> None:
     open_clip, model = save_tiny_open_clip(tmp_path / "oc")
     checkpoint = tmp_path / "oc" / "open_clip_pytorch_model.bin"
-    spec = str(checkpoint) if point_at == "checkpoint file" else str(tmp_path / "oc")
+    spec = {"checkpoint file": str(checkpoint), "folder": str(tmp_path / "oc")}.get(point_at)
+    if point_at == "architecture@file":
+        # Register the tiny architecture by name, as open_clip's built-in configs (ViT-B-32-quickgelu...) are.
+        (tmp_path / "configs").mkdir()
+        (tmp_path / "configs" / "mige-tiny-test-clip.json").write_text(json.dumps(TINY_OPEN_CLIP["model_cfg"]))
+        open_clip.add_model_config(tmp_path / "configs")
+        lone = tmp_path / "elsewhere" / "weights.bin"
+        lone.parent.mkdir()
+        shutil.copy(checkpoint, lone)
+        spec, checkpoint = f"mige-tiny-test-clip@{lone}", lone
     backbones = Backbones({"clip": spec})
     images = [noise_image(9, 230, 224)]
     with torch.no_grad():

@@ -72,20 +72,26 @@ def test_instruct_pix2pix_image_does_not_depend_on_its_batch(instruct_pix2pix: D
     assert pixels(batch[0]) != pixels(alone)
 
 
-def test_batch_calls_share_one_pipeline_call_with_per_image_noise(instruct_pix2pix_dir: Path) -> None:
+def test_batch_calls_share_one_pipeline_call_with_per_image_noise(
+    instruct_pix2pix_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     batched = DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), resolution="64", batch_calls="1", **TWO_STEPS)
-    calls = []
-    original_call = type(batched.pipe).__call__
-    batched.pipe.__class__ = type("Counting", (type(batched.pipe),), {})
-    type(batched.pipe).__call__ = lambda pipe, **kwargs: (
-        calls.append(len(kwargs["prompt"])) or original_call(pipe, **kwargs)
+    call_sizes = []
+    run_family = batched.family.call
+    monkeypatch.setattr(
+        batched.family,
+        "call",
+        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
     )
     target = edit_sample("target", seed=1)
     images = batched.generate([edit_sample("b", seed=2), target, target], [5, 7, 7])
-    assert calls == [3]
-    # Same seed and inputs inside one call give the same image: no noise is shared along the batch.
-    assert pixels(images[1]) == pixels(images[2])
-    assert pixels(images[0]) != pixels(images[1])
+    assert call_sizes == [3]
+    # Same seed and inputs in one call: the same image up to one grey level (batched kernels round differently),
+    # while a different seed gives a different image, so no noise is shared along the batch.
+    same = np.abs(np.asarray(images[1], dtype=int) - np.asarray(images[2], dtype=int))
+    other = np.abs(np.asarray(images[0], dtype=int) - np.asarray(images[1], dtype=int))
+    assert same.max() <= 1
+    assert other.mean() > 10 * same.mean() + 1
 
 
 def test_instruct_pix2pix_refuses_a_sample_without_source_image(instruct_pix2pix: DiffusersGenerator) -> None:
@@ -115,9 +121,9 @@ def test_preset_pins_published_settings_and_user_arguments_override_them(instruc
 
 
 def test_unknown_call_argument_is_refused_with_the_settable_ones(instruct_pix2pix_dir: Path) -> None:
-    with pytest.raises(MigeBenchError, match="no settable call argument.*num_steps.*image_guidance_scale"):
+    with pytest.raises(MigeBenchError, match=r"no settable call argument.*num_steps.*image_guidance_scale"):
         DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), num_steps="2")
-    with pytest.raises(MigeBenchError, match="no settable call argument.*prompt"):
+    with pytest.raises(MigeBenchError, match=r"no settable call argument.*prompt"):
         DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), prompt="x")
 
 
@@ -196,16 +202,17 @@ def test_missing_weights_name_the_hub_id_and_how_to_download(monkeypatch: pytest
         DiffusersGenerator(pretrained="no-such-org/no-such-model", pipeline="StableDiffusionInstructPix2PixPipeline")
 
 
-def test_gated_preset_says_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gated_weights_say_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if PRESETS["flux-kontext"].pipeline not in FAMILIES:
-        pytest.skip("FLUX.1 Kontext family not implemented")
-    with pytest.raises(MigeBenchError, match=r"FLUX.1-Kontext-dev.*huggingface-cli login"):
-        DiffusersGenerator(preset="flux-kontext")
+    generator = DiffusersGenerator.__new__(DiffusersGenerator)
+    generator.pretrained = "black-forest-labs/FLUX.1-Kontext-dev"
+    message = generator._missing_weights_message(gated=True)
+    assert "accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev" in message
+    assert "huggingface-cli login" in message
 
 
 def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(MigeBenchError, match="no model_index.json"):
+    with pytest.raises(MigeBenchError, match=r"no model_index\.json"):
         DiffusersGenerator(pretrained=str(tmp_path))
 
 
@@ -214,10 +221,17 @@ def test_unknown_preset_lists_the_known_ones() -> None:
         DiffusersGenerator(preset="pix2pix")
 
 
-def test_every_preset_names_a_supported_family_and_cites_its_settings() -> None:
+def test_every_preset_cites_its_settings() -> None:
     for name, preset in PRESETS.items():
-        assert preset.pipeline in FAMILIES, name
         assert preset.sources, name
+        assert set(preset.source_call_kwargs) <= set(preset.call_kwargs), name
+
+
+def test_preset_of_a_family_not_yet_supported_is_refused_before_any_download() -> None:
+    unsupported = [name for name, preset in PRESETS.items() if preset.pipeline not in FAMILIES]
+    for name in unsupported:
+        with pytest.raises(MigeBenchError, match="not supported by the diffusers model"):
+            DiffusersGenerator(preset=name)
 
 
 def test_registry_points_at_the_generator() -> None:
@@ -226,5 +240,5 @@ def test_registry_points_at_the_generator() -> None:
 
 def test_fit_to_resolution_follows_instruct_pix2pix_rule() -> None:
     assert fit_to_resolution(Image.new("RGB", (640, 480)), 512).size == (512, 384)
-    assert fit_to_resolution(Image.new("RGB", (500, 333)), 512).size == (512, 384)
+    assert fit_to_resolution(Image.new("RGB", (500, 333)), 512).size == (576, 384)
     assert fit_to_resolution(Image.new("RGB", (512, 512)), 512).size == (512, 512)
