@@ -275,9 +275,15 @@ def command_ls(args: argparse.Namespace) -> None:
             print(f"{task_id:40s} v{task.version}  {task.kind:12s} {task.description}")
     elif args.what == "models":
         from mige_bench.models import MODELS
+        from mige_bench.models.diffusers_pipeline import FAMILIES, PRESETS
 
         for name, target in MODELS.items():
             print(f"{name:20s} {target}")
+        print("\ndiffusers presets (--model diffusers --model-args preset=NAME); see docs/models.md:")
+        for name, preset in PRESETS.items():
+            family = FAMILIES.get(preset.pipeline)
+            kinds = ", ".join(family.task_kinds) if family else "not yet supported"
+            print(f"  {name:28s} {preset.pretrained:40s} {kinds}{'  (gated)' if preset.gated else ''}")
     else:
         from mige_bench.metrics import METRICS
 

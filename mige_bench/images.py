@@ -130,7 +130,7 @@ def open_rgb(source: str | os.PathLike | io.BytesIO, name: str | None = None) ->
     except MigeBenchError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise MigeBenchError(f"{name}: image is too large to decode safely ({error}).") from error
+        raise MigeBenchError(f"{name}: image is over the {MAX_PIXELS:,}-pixel limit ({error}).") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise MigeBenchError(f"{name}: not a readable image ({error}); the file is corrupt or not an image.") from error
 

@@ -33,6 +33,8 @@ class ModelInputs:
         placeholder_images: The images, in placeholder order, that ``multimodal_prompt`` refers to.
         edit_type: The benchmark's label of the edit when a model is meant to see it (Emu Edit's ``task``, which
             MIGE's instruction rewriting uses), else ``None``.
+        subject_category: The class noun of the subject (``"dog"``) for subject-driven tasks; it is already in the
+            plain prompt, and some models (BLIP-Diffusion) take it as a separate input.
     """
 
     prompt: str
@@ -41,6 +43,7 @@ class ModelInputs:
     multimodal_prompt: str | None = None
     placeholder_images: tuple[ImageRef, ...] = ()
     edit_type: str | None = None
+    subject_category: str | None = None
 
 
 @dataclass(frozen=True)

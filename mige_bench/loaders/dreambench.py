@@ -33,7 +33,7 @@ from pathlib import Path
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
 from mige_bench.loaders.contents import DatasetContents, expected_counts
-from mige_bench.loaders.local_copy import download_url, locate_copy
+from mige_bench.loaders.local_copy import download_url, locate_copy, read_text_file
 from mige_bench.sample import IMAGE_PLACEHOLDER, ModelInputs, Sample
 from mige_bench.task import Task
 
@@ -109,7 +109,7 @@ def is_copy(root: Path) -> bool:
 def scan(task: Task, root: Path) -> DatasetContents:
     """Reads a local copy into samples without judging completeness (see :mod:`mige_bench.loaders.contents`)."""
     folder = _dataset_dir(root)
-    parsed = parse_prompts_and_classes((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
+    parsed = parse_prompts_and_classes(read_text_file(folder / PROMPTS_FILE))
     chosen = dict(task.data.get("reference_images", {}))
     unknown = sorted(set(chosen) - set(parsed.class_nouns))
     if unknown:
@@ -165,9 +165,10 @@ def _sample(
             subject_images=(reference_ref,),
             multimodal_prompt=multimodal_prompt(template),
             placeholder_images=(reference_ref,),
+            subject_category=class_noun,
         )
     else:
-        inputs = ModelInputs(prompt=prompt, subject_images=all_photos)
+        inputs = ModelInputs(prompt=prompt, subject_images=all_photos, subject_category=class_noun)
     return Sample(
         id=f"{subject}-{index:02d}",
         kind="subject",

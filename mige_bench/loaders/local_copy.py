@@ -3,7 +3,7 @@
 A loader never downloads on its own. It looks for the data in this order:
 
 1. ``--data-root`` given by the user;
-2. the default data folder ``$MIGE_BENCH_HOME/data/<dataset>`` (``~/.cache/mige_bench/data/<dataset>`` when the
+2. the default data folder ``$MIGE_BENCH_HOME/data/<dataset>`` (``~/.cache/mige-bench/data/<dataset>`` when the
    variable is unset), which is where ``mige-bench data fetch`` puts things;
 3. for Hugging Face datasets, a snapshot already in the Hugging Face cache (looked up with ``local_files_only``, so
    no network is touched).
@@ -18,7 +18,6 @@ fetched automatically, e.g. MagicBrush's password-protected test zip).
 from __future__ import annotations
 
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
+from mige_bench.paths import mige_bench_home
 from mige_bench.task import Task
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,17 @@ logger = logging.getLogger(__name__)
 _DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 
+def read_text_file(path: Path) -> str:
+    """Reads a dataset text file as UTF-8; a file in another encoding is a clear error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise MigeBenchError(f"{path}: not valid UTF-8 text ({error.reason} at byte {error.start}).") from error
+
+
 def data_home() -> Path:
-    """Root of mige-bench's own data: ``$MIGE_BENCH_HOME`` or ``~/.cache/mige_bench``."""
-    return Path(os.environ.get("MIGE_BENCH_HOME", Path.home() / ".cache" / "mige_bench")).expanduser()
+    """Root under which ``data/<dataset>`` folders live (see :func:`mige_bench.paths.mige_bench_home`)."""
+    return mige_bench_home()
 
 
 def default_data_dir(task: Task) -> Path:

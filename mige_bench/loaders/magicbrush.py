@@ -42,8 +42,10 @@ from mige_bench.loaders.local_copy import (
     image_from_cell,
     locate_copy,
     read_hf_split,
+    read_text_file,
     split_parquet_files,
 )
+from mige_bench.paths import resolve_inside
 from mige_bench.sample import ModelInputs, Sample
 from mige_bench.task import Task
 
@@ -132,19 +134,22 @@ def scan(task: Task, root: Path) -> DatasetContents:
 
 
 def _read_official(folder: Path, caption_kind: str) -> tuple[list[Turn], list[Path], dict[str, dict[str, str]]]:
-    sessions = json.loads((folder / SESSIONS_FILE).read_text(encoding="utf-8"))
+    sessions = json.loads(read_text_file(folder / SESSIONS_FILE))
     missing: list[Path] = []
     caption_file = _caption_file(folder, caption_kind)
     if caption_file is None:
         missing.append(folder / f"{caption_kind}_descriptions.json")
         captions: dict[str, dict[str, str]] = {}
     else:
-        captions = json.loads(caption_file.read_text(encoding="utf-8"))
+        captions = json.loads(read_text_file(caption_file))
     turns: list[Turn] = []
     for session, records in sessions.items():
-        image_dir = folder / "images" / str(session)
+        image_dir = resolve_inside(folder / "images", str(session), what="MagicBrush session")
         for index, record in enumerate(records, start=1):
-            paths = {key: image_dir / record[key] for key in ("input", "mask", "output")}
+            paths = {
+                key: resolve_inside(image_dir, record[key], what="MagicBrush turn")
+                for key in ("input", "mask", "output")
+            }
             missing.extend(path for path in paths.values() if not path.is_file())
             turns.append(
                 Turn(

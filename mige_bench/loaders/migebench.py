@@ -34,7 +34,8 @@ from typing import Any
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
 from mige_bench.loaders.contents import DatasetContents, expected_counts
-from mige_bench.loaders.local_copy import fetch_hub_snapshot, locate_copy
+from mige_bench.loaders.local_copy import fetch_hub_snapshot, locate_copy, read_text_file
+from mige_bench.paths import resolve_inside
 from mige_bench.sample import IMAGE_PLACEHOLDER, ModelInputs, Sample
 from mige_bench.task import Task
 
@@ -60,13 +61,13 @@ def resolve_record_path(root: Path, recorded: str) -> Path:
     parts = Path(recorded).parts
     if len(parts) < 3:
         raise MigeBenchError(f"MIGEBench path {recorded!r} has fewer than three components (<subset>/<folder>/<file>).")
-    return root.joinpath(*parts[-3:])
+    return resolve_inside(root, Path(*parts[-3:]), what="MIGEBench record")
 
 
 def scan(task: Task, root: Path) -> DatasetContents:
     """Reads one subset of a local copy into samples (see the module docstring)."""
     subset = _subset(task)
-    records = json.loads((root / _index_file(task)).read_text(encoding="utf-8"))
+    records = json.loads(read_text_file(root / _index_file(task)))
     samples: list[Sample] = []
     missing: set[Path] = set()
     for record in records:

@@ -79,3 +79,26 @@ def test_key_value_parsing():
     assert parse_backbones(["clip=/w/clip", "dino=smoke"]) == {"clip": "/w/clip", "dino": "smoke"}
     with pytest.raises(MigeBenchError, match="not of the form key=value"):
         parse_key_values("oops", "--model-args")
+
+
+# Pinned means of `make demo` (identity on demo@smoke with the seeded smoke backbones). L1 and L2 are also checked
+# against an independent numpy computation in test_runner; the encoder-based values guard against any change in
+# preprocessing, smoke-backbone construction or scoring code paths silently moving numbers.
+DEMO_GOLDEN_MEANS = {
+    "l1": 0.134431,
+    "l2": 0.102148,
+    "clip_i": 0.923834,
+    "dino": 0.93912,
+    "clip_t": -0.129731,
+    "clip_dir": 0.0,
+    "lpips": 0.095501,
+}
+
+
+def test_demo_golden_numbers(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["run", "--task", "demo", "--model", "identity", "--out", str(out), "--no-progress"]) == 0
+    means = {
+        column: summary["mean"] for column, summary in json.loads((out / rf.RESULTS).read_text())["metrics"].items()
+    }
+    assert means == pytest.approx(DEMO_GOLDEN_MEANS, abs=2e-6)

@@ -257,3 +257,18 @@ def test_unknown_model_argument_is_refused(tmp_path):
 
 def test_models_registry_is_lazy():
     assert all(":" in target for target in MODELS.values())
+
+
+def test_unusable_output_images_fail_their_sample_with_the_reason(tmp_path):
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    for sample_id, _, before, _, _ in _EDITS:
+        draw_scene(*before).save(folder / f"{sample_id}.png")
+    Image.new("RGB", (4, 4), "red").save(folder / "red_circle.png")  # wrong size: a 4x4 thumbnail
+    Image.new("RGB", (96, 96), "black").save(folder / "green_square.png")  # what a safety filter returns
+    request = GenerationRequest(task="demo", model="folder", model_args={"dir": str(folder)})
+    with pytest.raises(MigeBenchError, match="2 sample"):
+        run(request, tmp_path / "run", QUIET)
+    reasons = {f["sample_id"]: f["reason"] for f in rf.read_jsonl(tmp_path / "run" / rf.FAILURES)}
+    assert "4x4, below the 8-pixel minimum" in reasons["red_circle"]
+    assert "entirely black" in reasons["green_square"]
