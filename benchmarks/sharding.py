@@ -41,7 +41,7 @@ PLUGIN = textwrap.dedent(
             images = []
             for seed in seeds:
                 generator = torch.Generator().manual_seed(seed % 2**31)
-                x = torch.randn(1, 16, 128, 128, generator=generator)
+                x = torch.randn(1, 16, 256, 256, generator=generator)
                 for _ in range(4):
                     x = torch.tanh(self.net(x))
                 pixels = ((x[0, :3] + 1) * 127.5).clamp(1, 255).byte().permute(1, 2, 0).numpy()
@@ -59,9 +59,9 @@ def run_sharded(shards: int, images_per_sample: int, workdir: Path, env: dict[st
     ]  # fmt: skip
     started = time.perf_counter()
     processes = [
-        subprocess.Popen([*command, "--shard", f"{index}/{shards}"], env=env)
+        subprocess.Popen([*command, "--shard", f"{index}/{shards}"], env=env, stdout=subprocess.DEVNULL)
         if shards > 1
-        else subprocess.Popen(command, env=env)
+        else subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
         for index in range(shards)
     ]
     if any(process.wait() != 0 for process in processes):

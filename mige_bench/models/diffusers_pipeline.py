@@ -167,6 +167,8 @@ PRESETS: dict[str, Preset] = {
         sources={
             "guidance_scale": "FLUX.1-Kontext-dev model card and FluxKontextPipeline example (2.5)",
             "num_inference_steps": "FluxKontextPipeline default (28)",
+            "height/width": "Black Forest Labs' reference sampling (flux repository, prepare_kontext): the output "
+            "takes the Kontext resolution the source is resized to",
         },
     ),
     "qwen-image-edit": Preset(
@@ -329,8 +331,71 @@ def omnigen_prompt(multimodal_prompt: str) -> str:
     return pattern.sub(lambda _: OMNIGEN_IMAGE_TAG.format(index=next(counter)), multimodal_prompt)
 
 
+class FluxKontextFamily(PipelineFamily):
+    """Source image + instruction, generated at the source's Kontext resolution.
+
+    diffusers generates 1024x1024 unless told otherwise (then re-fits the requested size to ``max_area``, which moves
+    four of the seventeen Kontext resolutions by 16 px); Black Forest Labs' reference sampling instead generates at
+    the resolution the source is resized to. The family reproduces the reference: it passes that size as
+    ``height``/``width`` and its area as ``max_area``. With ``batch_calls=1``, sources of one size share a call.
+    """
+
+    pipeline_class = "FluxKontextPipeline"
+    task_kinds = ("edit",)
+    input_arguments = (
+        "image",
+        "prompt",
+        "prompt_2",
+        "generator",
+        "num_images_per_prompt",
+        "height",
+        "width",
+        "max_area",
+    )
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        source = self._source(sample)
+        return PreparedInput(sample.inputs.prompt, (source,), source, group_key=source.size)
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        # The pipeline sizes every image of a call after the first one, hence one source size per call.
+        auto_resize = bool(kwargs.get("_auto_resize", True))
+        width, height = kontext_size(batch[0].source.size, auto_resize, multiple_of=pipe.vae_scale_factor * 2)
+        return pipe(
+            image=[request.images[0] for request in batch],
+            prompt=[request.prompt for request in batch],
+            generator=generators,
+            width=width,
+            height=height,
+            max_area=width * height,
+            **kwargs,
+        ).images
+
+
+def kontext_size(source_size: tuple[int, int], auto_resize: bool = True, multiple_of: int = 16) -> tuple[int, int]:
+    """``(width, height)`` FluxKontextPipeline resizes a source of ``source_size`` to before encoding it.
+
+    With ``auto_resize`` (the pipeline's ``_auto_resize``, on by default) that is the Kontext training resolution
+    whose aspect ratio is closest to the source's (sides first floored to multiples of ``multiple_of``, as the
+    pipeline does); without it, the source size itself. Either way both sides are floored to multiples of
+    ``multiple_of``: 16 for FLUX, which packs 2x2 patches of an 8x-downsampled latent.
+    """
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    width, height = (side // multiple_of * multiple_of for side in source_size)
+    if auto_resize:
+        aspect_ratio = width / height
+        _, width, height = min(
+            (abs(aspect_ratio - kontext_width / kontext_height), kontext_width, kontext_height)
+            for kontext_width, kontext_height in PREFERRED_KONTEXT_RESOLUTIONS
+        )
+    return width // multiple_of * multiple_of, height // multiple_of * multiple_of
+
+
 FAMILIES: dict[str, type[PipelineFamily]] = {
-    family.pipeline_class: family for family in (InstructPix2PixFamily, OmniGenFamily)
+    family.pipeline_class: family for family in (InstructPix2PixFamily, OmniGenFamily, FluxKontextFamily)
 }
 
 

@@ -16,6 +16,7 @@ from mige_bench.models.diffusers_pipeline import (
     PRESETS,
     DiffusersGenerator,
     fit_to_resolution,
+    kontext_size,
     omnigen_prompt,
 )
 from mige_bench.sample import ModelInputs, Sample
@@ -191,6 +192,75 @@ def test_omnigen_refuses_subject_images_without_a_multimodal_prompt(omnigen: Dif
     sample = Sample(id="s", kind="subject", inputs=ModelInputs(prompt="a dog", subject_images=(noise_image(8, 8, 0),)))
     with pytest.raises(MigeBenchError, match="multimodal prompt"):
         omnigen.generate([sample], [0])
+
+
+# -- FLUX.1 Kontext ----------------------------------------------------------------------------------------------------
+
+# Kontext training resolutions are about a megapixel: tests keep the source size instead.
+KONTEXT_AT_SOURCE_SIZE = {**TWO_STEPS, "_auto_resize": "0"}
+
+
+@pytest.fixture(scope="module")
+def flux_kontext(flux_kontext_dir: Path) -> DiffusersGenerator:
+    return DiffusersGenerator(pretrained=str(flux_kontext_dir), **KONTEXT_AT_SOURCE_SIZE)
+
+
+def test_kontext_size_picks_the_training_resolution_closest_to_the_source_aspect() -> None:
+    assert kontext_size((640, 480)) == (1184, 880)
+    assert kontext_size((512, 512)) == (1024, 1024)
+    assert kontext_size((3000, 900)) == (1568, 672)
+    assert kontext_size((650, 490), auto_resize=False) == (640, 480)
+
+
+def test_flux_kontext_generates_at_the_source_kontext_size(flux_kontext: DiffusersGenerator) -> None:
+    samples = [edit_sample("wide", width=48, height=32), edit_sample("odd", width=40, height=40)]
+    images = flux_kontext.generate(samples, [1, 2])
+    # Not diffusers' 1024x1024 default, and not re-fitted to an area: the source's size, floored to multiples of 16.
+    assert [image.size for image in images] == [(48, 32), (32, 32)]
+    assert all(image.mode == "RGB" for image in images)
+
+
+def test_flux_kontext_same_seed_is_byte_identical_other_seeds_differ_and_batches_do_not_matter(
+    flux_kontext: DiffusersGenerator,
+) -> None:
+    target = edit_sample("target", width=32, height=32, seed=1)
+    alone, again, other = (flux_kontext.generate([target], [seed])[0] for seed in (7, 7, 8))
+    batch = flux_kontext.generate([edit_sample("b", seed=2), target, edit_sample("c", seed=3)], [5, 7, 9])
+    assert pixels(alone) == pixels(again) == pixels(batch[1])
+    assert pixels(alone) != pixels(other)
+    assert pixels(batch[0]) != pixels(alone)
+
+
+def test_flux_kontext_batch_calls_share_a_call_per_source_size(
+    flux_kontext_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batched = DiffusersGenerator(pretrained=str(flux_kontext_dir), batch_calls="1", **KONTEXT_AT_SOURCE_SIZE)
+    call_sizes = []
+    run_family = batched.family.call
+    monkeypatch.setattr(
+        batched.family,
+        "call",
+        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
+    )
+    square, wide = edit_sample("square", width=32, height=32), edit_sample("wide", width=48, height=32)
+    images = batched.generate([square, square, wide], [1, 2, 3])
+    assert call_sizes == [2, 1]
+    assert [image.size for image in images] == [(32, 32), (32, 32), (48, 32)]
+    assert pixels(images[0]) != pixels(images[1])
+
+
+def test_flux_kontext_refuses_a_sample_without_source_image(flux_kontext: DiffusersGenerator) -> None:
+    generation = Sample(id="g", kind="edit", inputs=ModelInputs(prompt="a dog"))
+    with pytest.raises(MigeBenchError, match="has none"):
+        flux_kontext.generate([generation], [0])
+
+
+def test_flux_kontext_preset_pins_guidance_and_leaves_the_output_size_to_the_source(flux_kontext_dir: Path) -> None:
+    generator = DiffusersGenerator(preset="flux-kontext", pretrained=str(flux_kontext_dir), **TWO_STEPS)
+    assert generator.settings["call_kwargs"] == {"num_inference_steps": 2, "guidance_scale": 2.5}
+    assert generator.settings["pipeline"] == "FluxKontextPipeline"
+    with pytest.raises(MigeBenchError, match=r"no settable call argument.*max_area"):
+        DiffusersGenerator(pretrained=str(flux_kontext_dir), max_area="1024")
 
 
 # -- Loading, presets, registry ---------------------------------------------------------------------------------------

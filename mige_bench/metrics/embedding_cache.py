@@ -1,0 +1,355 @@
+"""Image embeddings computed once: reference embeddings on disk across runs, every embedding once per scoring chunk.
+
+Two layers sit between the metrics and the encoders of ``metrics/encoders.py``:
+
+- :class:`EmbeddingCache` — reference-image embeddings on disk, one ``.npy`` file per entry under
+  ``$MIGE_BENCH_HOME/cache/embeddings``. The entry key hashes the image's content hash, the backbone identity
+  (weights hash, architecture, libraries, device) and the preprocessing description (resize, crop, crop rounding and
+  the image transform before it). Anything that can move a feature is in the key, so a change of weights or
+  preprocessing is a cache miss by construction, never a stale hit; nothing is ever invalidated by hand. Writes go
+  through a temporary file and an atomic rename, so concurrent processes scoring the same task (shards, two
+  checkpoints at once) at worst compute an entry twice and never read a torn one.
+- :class:`ImageFeatures` — per :class:`~mige_bench.metrics.backbones.Backbones`, the feature of each (image, backbone,
+  crop rounding) is computed at most once per scoring chunk however many metrics ask for it (CLIP-I, CLIP-T and
+  CLIP-dir all need the output's CLIP features), reference features come from memory or the disk cache when they
+  were computed before, and images the runner announced ahead (:meth:`ImageFeatures.prefetch`) are decoded and
+  cropped in worker processes while the encoders run on the previous chunk.
+
+Output images are not written to the disk cache: each checkpoint's outputs are new, and hashing them would cost more
+than it saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from mige_bench.images import ImageRef
+from mige_bench.metrics.encoders import CropRounding, ImageEncoder, decode_and_crop
+
+if TYPE_CHECKING:
+    from mige_bench.metrics.backbones import Backbones
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+"""Bumped when the entry file format or the key recipe changes; part of every key."""
+
+AS_IS = "image used as is (no region transform)"
+"""The image-transform part of the preprocessing description of reference images encoded unchanged."""
+
+
+def default_cache_root(home: Path) -> Path:
+    """Where reference embeddings live under a mige-bench home folder: ``<home>/cache/embeddings``."""
+    return home / "cache" / "embeddings"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# On disk
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Reference-image embeddings on disk, keyed by everything that determines them.
+
+    Args:
+        root: Folder of the entries (created on first write).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._write_failed = False
+
+    @staticmethod
+    def entry_key(content_hash: str, backbone_identity: str, preprocessing: str) -> str:
+        """The key of one embedding: sha256 over the format version, the image's content hash, the backbone identity
+        and the preprocessing description (crop rounding and region transform included)."""
+        payload = {
+            "format": CACHE_FORMAT_VERSION,
+            "image_sha256": content_hash,
+            "backbone": backbone_identity,
+            "preprocessing": preprocessing,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        """The file of entry ``key`` (two-character fan-out folders keep directories small)."""
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached float32 vector of ``key``, or ``None`` when absent or unreadable (then it is recomputed)."""
+        path = self.path(key)
+        try:
+            with path.open("rb") as handle:
+                vector = np.load(handle, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as error:
+            logger.warning("ignoring unreadable embedding cache entry %s (%s); recomputing it", path, error)
+            return None
+        if vector.dtype != np.float32 or vector.ndim != 1 or vector.size == 0:
+            logger.warning("ignoring malformed embedding cache entry %s (%s %s)", path, vector.dtype, vector.shape)
+            return None
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        """Stores a float32 vector under ``key`` atomically (temporary file, then rename over the final name).
+
+        A cache that cannot be written (read-only or full disk) is reported once and scoring goes on uncached.
+        """
+        path = self.path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        except OSError as error:
+            self._report_write_failure(error)
+            return
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+            os.replace(temporary, path)
+        except OSError as error:
+            Path(temporary).unlink(missing_ok=True)
+            self._report_write_failure(error)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def _report_write_failure(self, error: OSError) -> None:
+        if not self._write_failed:
+            logger.warning("cannot write the embedding cache under %s (%s); continuing without it", self.root, error)
+            self._write_failed = True
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# In a scoring process
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image a metric is about to encode, announced so that it can be prepared ahead.
+
+    Attributes:
+        image: The image file or bytes.
+        backbone: ``clip`` or ``dino``.
+        crop_rounding: The crop rounding of the metric's binding.
+        cacheable: True for reference images (looked up in and written to the disk cache).
+    """
+
+    image: ImageRef
+    backbone: str
+    crop_rounding: CropRounding
+    cacheable: bool = False
+
+
+_MemoKey = tuple[object, str, str]
+"""``(image key, backbone, crop rounding)``; the image key is a content hash for cacheable images, else the ref."""
+
+
+class ImageFeatures:
+    """Resolves images to L2-normalised features with as little work as the protocol allows.
+
+    Order of lookup for each (image, backbone, crop rounding): this process's memo, the disk cache (references only),
+    crops prepared by a worker process, and last decoding + cropping here. Whatever is left is normalised and run
+    through the encoder in batches, then remembered.
+
+    Args:
+        backbones: Supplies the encoders and their identities.
+        cache: The disk cache of reference embeddings, or ``None`` for none.
+
+    Attributes:
+        encoded: Images run through each backbone's network so far (what the cache and the memo saved is not here).
+    """
+
+    def __init__(self, backbones: Backbones, cache: EmbeddingCache | None) -> None:
+        self.backbones = backbones
+        self.cache = cache
+        self.encoded: Counter[str] = Counter()
+        self._memo: dict[_MemoKey, np.ndarray] = {}
+        self._prepared: dict[_MemoKey, tuple[Future[list[np.ndarray]], int]] = {}
+        self._content_hashes: dict[ImageRef, tuple[tuple[int, int] | None, str]] = {}
+        self._executor: ProcessPoolExecutor | None = None
+
+    def batch(self, backbone: str, crop_rounding: CropRounding) -> FeatureBatch:
+        """An empty batch of images to encode through ``backbone`` with ``crop_rounding``."""
+        return FeatureBatch(self, backbone, crop_rounding)
+
+    @contextmanager
+    def decoding_in_workers(self, count: int) -> Iterator[ImageFeatures]:
+        """Within the block, :meth:`prefetch` decodes and crops in ``count`` worker processes (none when < 1).
+
+        Workers are forked where the platform allows (as torch's ``DataLoader`` does on Linux): they only run PIL and
+        numpy, and start in milliseconds instead of re-importing torch.
+        """
+        if count < 1:
+            yield self
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        executor = ProcessPoolExecutor(max_workers=count, mp_context=context)
+        self._executor = executor
+        try:
+            yield self
+        finally:
+            self._executor = None
+            self._prepared.clear()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def prefetch(self, requests: Iterable[ImageRequest]) -> None:
+        """Starts preparing the announced images in the workers (a no-op outside :meth:`decoding_in_workers`).
+
+        Features already in memory or on disk are loaded now instead, so those images are never decoded.
+        """
+        if self._executor is None:
+            return
+        recipes: dict[ImageRef, list[tuple[_MemoKey, str, CropRounding]]] = {}
+        for request in requests:
+            key = self._memo_key(request.image, request.backbone, request.crop_rounding, request.cacheable)
+            if key in self._memo or key in self._prepared or any(key == k for k, _, _ in recipes.get(request.image, [])):
+                continue
+            if request.cacheable and self._load_cached(key, request.backbone, request.crop_rounding):
+                continue
+            recipes.setdefault(request.image, []).append((key, request.backbone, request.crop_rounding))
+        for image, wanted in recipes.items():
+            crops = tuple((self._encoder(backbone).preprocessing, rounding) for _, backbone, rounding in wanted)
+            future = self._executor.submit(decode_and_crop, image, crops)
+            for position, (key, _, _) in enumerate(wanted):
+                self._prepared[key] = (future, position)
+
+    def release(self, images: Iterable[ImageRef]) -> None:
+        """Forgets the features and prepared crops of non-cacheable images (a finished chunk's outputs), so that
+        memory stays bounded and a file rewritten under the same path is read again."""
+        released = set(images)
+        for store in (self._memo, self._prepared):
+            for key in [key for key in store if key[0] in released]:
+                del store[key]
+
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def _encoder(self, backbone: str) -> ImageEncoder:
+        return getattr(self.backbones, backbone)
+
+    def _memo_key(self, image: ImageRef, backbone: str, crop_rounding: CropRounding, cacheable: bool) -> _MemoKey:
+        return (self._content_hash(image) if cacheable else image, backbone, crop_rounding)
+
+    def _content_hash(self, image: ImageRef) -> str:
+        """The image's content hash, remembered per file state (size, mtime) so shared references hash once."""
+        signature = None
+        if image.path is not None:
+            stat = Path(image.path).stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+        remembered = self._content_hashes.get(image)
+        if remembered is None or remembered[0] != signature:
+            remembered = (signature, image.content_hash())
+            self._content_hashes[image] = remembered
+        return remembered[1]
+
+    def _disk_key(self, content_hash: str, backbone: str, crop_rounding: CropRounding) -> str:
+        preprocessing = f"{self._encoder(backbone).preprocessing.describe(crop_rounding)}; {AS_IS}"
+        return EmbeddingCache.entry_key(content_hash, self.backbones.embedding_identity(backbone), preprocessing)
+
+    def _load_cached(self, key: _MemoKey, backbone: str, crop_rounding: CropRounding) -> bool:
+        if self.cache is None:
+            return False
+        vector = self.cache.get(self._disk_key(str(key[0]), backbone, crop_rounding))
+        if vector is not None:
+            self._memo[key] = vector
+        return vector is not None
+
+    def _store(self, key: _MemoKey, vector: np.ndarray, backbone: str, crop_rounding: CropRounding, cached: bool):
+        self._memo[key] = vector
+        if cached and self.cache is not None:
+            self.cache.put(self._disk_key(str(key[0]), backbone, crop_rounding), vector)
+
+    def _crop(self, item: Image.Image | ImageRef, key: _MemoKey | None, backbone: str, rounding: CropRounding):
+        """The uint8 crop of one image: prepared by a worker when announced, else decoded and cropped here."""
+        prepared = self._prepared.pop(key, None) if key is not None else None
+        if prepared is not None:
+            future, position = prepared
+            return future.result()[position]
+        image = item.open() if isinstance(item, ImageRef) else item
+        return self._encoder(backbone).preprocessing.crop_array(image, rounding)
+
+    def resolve(
+        self,
+        items: Sequence[tuple[Image.Image | ImageRef, bool]],
+        backbone: str,
+        crop_rounding: CropRounding,
+    ) -> np.ndarray:
+        """Float32 features ``[N, D]`` of ``(image, cacheable)`` items, row ``i`` for item ``i``.
+
+        In-memory PIL images (derived regions, images passed by tests) are encoded every time; image references are
+        looked up first and remembered after.
+        """
+        rows: list[np.ndarray | None] = [None] * len(items)
+        keys: list[_MemoKey | None] = [None] * len(items)
+        missing: list[int] = []
+        for index, (item, cacheable) in enumerate(items):
+            if isinstance(item, ImageRef):
+                key = keys[index] = self._memo_key(item, backbone, crop_rounding, cacheable)
+                if key in self._memo or (cacheable and self._load_cached(key, backbone, crop_rounding)):
+                    rows[index] = self._memo[key]
+                    continue
+            missing.append(index)
+        if missing:
+            encoder = self._encoder(backbone)
+            crops = [self._crop(items[index][0], keys[index], backbone, crop_rounding) for index in missing]
+            features = encoder.embed_pixels(encoder.preprocessing.normalize(crops)).numpy()
+            self.encoded[backbone] += len(missing)
+            for index, vector in zip(missing, features, strict=True):
+                rows[index] = vector
+                key = keys[index]
+                if key is not None:
+                    self._store(key, vector, backbone, crop_rounding, cached=items[index][1])
+        if not rows:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.stack(rows)  # type: ignore[arg-type]
+
+
+class FeatureBatch:
+    """The images one metric call encodes through one backbone, deduplicated, resolved in one batched pass.
+
+    Args:
+        features: The process's :class:`ImageFeatures`.
+        backbone: ``clip`` or ``dino``.
+        crop_rounding: Crop rounding of the metric's binding.
+    """
+
+    def __init__(self, features: ImageFeatures, backbone: str, crop_rounding: CropRounding) -> None:
+        self._features = features
+        self._backbone = backbone
+        self._crop_rounding = crop_rounding
+        self._items: list[tuple[Image.Image | ImageRef, bool]] = []
+        self._rows: dict[object, int] = {}
+
+    def add(self, image: Image.Image | ImageRef, cacheable: bool = False) -> int:
+        """Registers an image (a PIL image, deduplicated by object, or a reference, by value) and returns its row.
+
+        Args:
+            image: The image to encode.
+            cacheable: True for reference images: their features may come from and go to the disk cache.
+        """
+        identity = (image, cacheable) if isinstance(image, ImageRef) else id(image)
+        if identity not in self._rows:
+            self._rows[identity] = len(self._items)
+            self._items.append((image, cacheable))
+        return self._rows[identity]
+
+    def encode(self) -> np.ndarray:
+        """Features of every registered image, row ``i`` for the ``i``-th registration."""
+        return self._features.resolve(self._items, self._backbone, self._crop_rounding)
