@@ -135,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--add", type=Path, metavar="RUN_DIR", help="first add a scored run folder as a row")
     board.add_argument("--row", help="name of the row added with --add (default: the run folder's name)")
 
+    # Same flags as `python -m reference_model.convert_mige_checkpoint` (declared here so `--help` stays import-free).
+    convert = commands.add_parser(
+        "convert-mige",
+        help="convert the official MIGE release (EurekaTian/MIGE) into a pipeline folder for --model mige",
+    )
+    convert.add_argument("--release", type=Path, help="download of EurekaTian/MIGE (model.pth and config folders)")
+    convert.add_argument("--out", type=Path, required=True, help="output folder of the converted pipeline")
+    convert.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="DiT + encoder dtype (bf16)")
+    convert.add_argument("--checkpoint", type=Path, help="model.pth (default: inside --release)")
+    convert.add_argument("--t5", type=Path, help="T5 config/tokenizer folder (default: --release/t5-v1_1-xxl)")
+    convert.add_argument("--bert", type=Path, help="Q-Former config folder (default: --release/bert-base-uncased)")
+    convert.add_argument("--vae", type=Path, help="VAE folder (default: --release/sd-vae-ft-ema)")
+
     compare = commands.add_parser("compare", help="paired comparison of two runs; exit 1 on a significant regression")
     compare.add_argument("base", type=Path, help="results.json of the reference run (scores.jsonl next to it)")
     compare.add_argument("new", type=Path, help="results.json of the candidate run")
@@ -347,6 +360,16 @@ def command_merge(args: argparse.Namespace) -> None:
     print(f"merged {len(args.sources)} folder(s) into {merged}; score it with: mige-bench score {merged}")
 
 
+def command_convert_mige(args: argparse.Namespace) -> None:
+    from reference_model.convert_mige_checkpoint import run_from_arguments
+
+    try:
+        output = run_from_arguments(args)
+    except (FileNotFoundError, ValueError) as error:
+        raise MigeBenchError(str(error)) from error
+    print(f"converted MIGE pipeline: {output}; use it with --model mige --model-args weights={output}")
+
+
 COMMANDS = {
     "run": command_run,
     "score": command_score,
@@ -356,6 +379,7 @@ COMMANDS = {
 }
 COMMANDS["leaderboard"] = command_leaderboard
 COMMANDS["compare"] = command_compare
+COMMANDS["convert-mige"] = command_convert_mige
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +39,9 @@ from mige_bench.sample import Sample, output_stem
 from mige_bench.task import Task, get_task, parse_task
 
 logger = logging.getLogger(__name__)
+
+MAX_DECODE_WORKERS = 4
+"""Most worker processes that decode and crop images during scoring (more rarely pays: the encoders are the floor)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -385,12 +389,17 @@ def score_images(
     images_per_sample: int,
     backbones: Any,
     options: ExecutionOptions,
+    decode_workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
 
     Lines from an earlier, interrupted pass with the same scoring configuration are kept; the rest are computed in
     chunks of ``batch_size`` images and appended as they finish. Samples in ``failures.jsonl`` are not scored (they
     are counted in the results); any other missing image is an error naming every missing file.
+
+    Each chunk's images go through each encoder once, in batches, however many metrics use them; images are decoded
+    and cropped in ``decode_workers`` processes (default: one per core, at most :data:`MAX_DECODE_WORKERS`) one chunk
+    ahead, and reference embeddings come from the backbones' embedding cache when they were computed before.
     """
     key = scoring_key(task, backbones.provenance())
     scores_path = run_dir / rf.SCORES
@@ -424,18 +433,53 @@ def score_images(
 
     metrics = build_metrics(task, backbones)
     chunk_size = max(1, options.batch_size)
-    with tqdm(total=len(todo), desc="score", unit="img", disable=not options.progress) as progress:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
+    chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
+    workers = min(MAX_DECODE_WORKERS, os.cpu_count() or 1) if decode_workers is None else decode_workers
+    features = backbones.features
+    with (
+        features.decoding_in_workers(workers if chunks else 0),
+        tqdm(total=len(todo), desc="score", unit="img", disable=not options.progress) as progress,
+    ):
+        # Decoding runs one chunk ahead in the workers while the encoders work on the current chunk.
+        requests = _image_requests(chunks[0], metrics) if chunks else []
+        features.prefetch(requests)
+        for index, chunk in enumerate(chunks):
+            upcoming = _image_requests(chunks[index + 1], metrics) if index + 1 < len(chunks) else []
+            features.prefetch(upcoming)
+            features.precompute(requests)
             lines = _score_chunk(chunk, metrics, key)
+            requests = upcoming
+            features.release(_output_refs(chunk))
             rf.append_jsonl(scores_path, lines)
             kept.extend(lines)
             progress.update(len(chunk))
     return kept
 
 
+def _output_refs(chunk: Sequence[tuple[Sample, int, Path]]) -> list[ImageRef]:
+    return [ImageRef(path=path) for _, _, path in chunk]
+
+
+def _image_requests(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric]) -> list[Any]:
+    """The images the chunk's metrics will encode (for metrics that announce them; see ``accepts_image_refs``)."""
+    refs, chunk_samples = _output_refs(chunk), [sample for sample, _, _ in chunk]
+    return [
+        request
+        for metric in metrics.values()
+        if _accepts_image_refs(metric)
+        for request in metric.image_requests(refs, chunk_samples)  # type: ignore[attr-defined]
+    ]
+
+
+def _accepts_image_refs(metric: Metric) -> bool:
+    """Metrics that take output files (``ImageRef``) instead of decoded images and announce what they encode
+    (``image_requests``): their outputs are decoded in worker processes, and only once per chunk per backbone."""
+    return bool(getattr(metric, "accepts_image_refs", False))
+
+
 def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric], key: str) -> list[dict]:
-    outputs = [ImageRef(path=path).open() for _, _, path in chunk]
+    output_refs = _output_refs(chunk)
+    decoded: list[Image.Image] = []  # opened here only when a metric needs the pixels (L1, LPIPS, plug-ins)
     chunk_samples = [sample for sample, _, _ in chunk]
     lines = [
         {
@@ -452,7 +496,11 @@ def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str
     counters: dict[str, dict[str, int]] = {}
     for column, metric in metrics.items():
         before = Counter(metric.counters)
-        values = metric.score(outputs, chunk_samples)
+        if _accepts_image_refs(metric):
+            values = metric.score(output_refs, chunk_samples)
+        else:
+            decoded = decoded or [output.open() for output in output_refs]
+            values = metric.score(decoded, chunk_samples)
         if len(values) != len(chunk):
             raise RuntimeError(f"metric {column} returned {len(values)} scores for {len(chunk)} outputs")
         for line, value in zip(lines, values, strict=True):

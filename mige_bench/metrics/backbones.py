@@ -19,6 +19,7 @@ one CLIP). With weights missing offline, :class:`MigeBenchError` names the exact
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from mige_bench.errors import MigeBenchError
+from mige_bench.metrics.embedding_cache import EmbeddingCache, ImageFeatures, default_cache_root
 from mige_bench.metrics.encoders import (
     ClipEncoder,
     DinoEncoder,
@@ -397,6 +399,22 @@ class LoadedBackbone:
 
     encoder: Any
     provenance: dict[str, Any]
+    _identity: str | None = field(default=None, repr=False)
+
+    def identity(self) -> str:
+        """A hash of everything about this encoder that can move a feature: weights hash, architecture (the module
+        tree, which names every layer size and LayerNorm epsilon), library versions, and device type. Where the
+        weights were read from, and under which spec, does not matter."""
+        if self._identity is None:
+            record = {
+                key: value
+                for key, value in self.provenance.items()
+                if key not in ("spec", "resolved_path", "weight_files", "comparable")
+            }
+            record["architecture_sha256"] = hashlib.sha256(repr(self.encoder.model).encode()).hexdigest()
+            record["device_type"] = self.encoder.device.type
+            self._identity = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+        return self._identity
 
 
 def _provenance(source: WeightSource, encoder: Any, files: list[Path], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -507,6 +525,7 @@ class Backbones:
         self.home = home if home is not None else mige_bench_home()
         self.allow_download = allow_download
         self._used: dict[str, LoadedBackbone] = {}
+        self._features: ImageFeatures | None = None
 
     @classmethod
     def smoke(cls, device: str = "cpu") -> Backbones:
@@ -532,6 +551,24 @@ class Backbones:
     def lpips(self) -> LpipsNet:
         """The shared LPIPS network."""
         return self._get("lpips").encoder
+
+    @property
+    def features(self) -> ImageFeatures:
+        """Where metrics get image features: once per chunk per backbone, references from the embedding cache
+        ``<home>/cache/embeddings``. Runs with smoke backbones keep no disk cache unless one is set with
+        :meth:`use_embedding_cache` (their features mean nothing, and tests must not write to the user's home)."""
+        if self._features is None:
+            cache = EmbeddingCache(default_cache_root(self.home)) if self.comparable else None
+            self._features = ImageFeatures(self, cache)
+        return self._features
+
+    def use_embedding_cache(self, cache: EmbeddingCache | None) -> None:
+        """Replaces the disk cache of reference embeddings (``None``: no disk cache)."""
+        self.features.cache = cache
+
+    def embedding_identity(self, name: str) -> str:
+        """What identifies backbone ``name``'s features in the embedding cache (see :meth:`LoadedBackbone.identity`)."""
+        return self._get(name).identity()
 
     def ensure_available(self, names: Iterable[str] | None = None) -> None:
         """Checks, without loading, that the named backbones' weights are on this machine (all of them by default).

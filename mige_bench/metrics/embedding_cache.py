@@ -15,6 +15,11 @@ Two layers sit between the metrics and the encoders of ``metrics/encoders.py``:
   were computed before, and images the runner announced ahead (:meth:`ImageFeatures.prefetch`) are decoded and
   cropped in worker processes while the encoders run on the previous chunk.
 
+Identical pixels always get bit-identical features within a process, and across processes through the cache: CPU
+matrix kernels round differently with the batch size (~5e-8 on CLIP features), which is harmless for CLIP-I / DINO but
+turns the undefined direction of CLIP-dir for an output equal to its source into noise instead of 0. So features are
+also remembered by a digest of the cropped pixels the network sees, stored with each cache entry.
+
 Output images are not written to the disk cache: each checkpoint's outputs are new, and hashing them would cost more
 than it saves.
 """
@@ -63,12 +68,31 @@ def default_cache_root(home: Path) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CachedEmbedding:
+    """One cache entry.
+
+    Attributes:
+        feature: The L2-normalised float32 feature row.
+        pixels_sha256: sha256 of the uint8 crop the network saw (the in-process identity of the pixels).
+    """
+
+    feature: np.ndarray
+    pixels_sha256: bytes
+
+
 class EmbeddingCache:
     """Reference-image embeddings on disk, keyed by everything that determines them.
+
+    Entry file: :data:`_MAGIC`, the pixels digest (32 bytes), sha256 of the payload (32 bytes), then the float32
+    payload (little-endian). The payload checksum makes any damaged entry a miss, never a wrong number.
 
     Args:
         root: Folder of the entries (created on first write).
     """
+
+    _MAGIC = b"MIGEEMB1"
+    _HEADER = len(_MAGIC) + 64
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -88,29 +112,38 @@ class EmbeddingCache:
 
     def path(self, key: str) -> Path:
         """The file of entry ``key`` (two-character fan-out folders keep directories small)."""
-        return self.root / key[:2] / f"{key}.npy"
+        return self.root / key[:2] / f"{key}.emb"
 
-    def get(self, key: str) -> np.ndarray | None:
-        """The cached float32 vector of ``key``, or ``None`` when absent or unreadable (then it is recomputed)."""
+    def get(self, key: str) -> CachedEmbedding | None:
+        """The entry of ``key``, or ``None`` when absent or damaged (then it is recomputed and rewritten)."""
         path = self.path(key)
         try:
-            with path.open("rb") as handle:
-                vector = np.load(handle, allow_pickle=False)
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError) as error:
-            logger.warning("ignoring unreadable embedding cache entry %s (%s); recomputing it", path, error)
+        except OSError as error:
+            logger.warning("ignoring unreadable embedding cache entry %s (%s)", path, error)
             return None
-        if vector.dtype != np.float32 or vector.ndim != 1 or vector.size == 0:
-            logger.warning("ignoring malformed embedding cache entry %s (%s %s)", path, vector.dtype, vector.shape)
+        payload = data[self._HEADER :]
+        intact = (
+            data.startswith(self._MAGIC)
+            and len(payload) > 0
+            and len(payload) % 4 == 0
+            and hashlib.sha256(payload).digest() == data[len(self._MAGIC) + 32 : self._HEADER]
+        )
+        if not intact:
+            logger.warning("ignoring damaged embedding cache entry %s; recomputing it", path)
             return None
-        return vector
+        pixels_sha256 = data[len(self._MAGIC) : len(self._MAGIC) + 32]
+        return CachedEmbedding(np.frombuffer(payload, dtype="<f4").astype(np.float32), pixels_sha256)
 
-    def put(self, key: str, vector: np.ndarray) -> None:
-        """Stores a float32 vector under ``key`` atomically (temporary file, then rename over the final name).
+    def put(self, key: str, entry: CachedEmbedding) -> None:
+        """Stores an entry atomically (temporary file, then rename over the final name).
 
         A cache that cannot be written (read-only or full disk) is reported once and scoring goes on uncached.
         """
+        payload = np.ascontiguousarray(entry.feature, dtype="<f4").tobytes()
+        data = self._MAGIC + entry.pixels_sha256 + hashlib.sha256(payload).digest() + payload
         path = self.path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +153,7 @@ class EmbeddingCache:
             return
         try:
             with os.fdopen(descriptor, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+                handle.write(data)
             os.replace(temporary, path)
         except OSError as error:
             Path(temporary).unlink(missing_ok=True)
@@ -181,6 +214,7 @@ class ImageFeatures:
         self.cache = cache
         self.encoded: Counter[str] = Counter()
         self._memo: dict[_MemoKey, np.ndarray] = {}
+        self._by_pixels: dict[tuple[str, bytes], np.ndarray] = {}  # (backbone, crop digest) -> feature
         self._prepared: dict[_MemoKey, tuple[Future[list[np.ndarray]], int]] = {}
         self._content_hashes: dict[ImageRef, tuple[tuple[int, int] | None, str]] = {}
         self._executor: ProcessPoolExecutor | None = None
@@ -218,10 +252,12 @@ class ImageFeatures:
         if self._executor is None:
             return
         recipes: dict[ImageRef, list[tuple[_MemoKey, str, CropRounding]]] = {}
+        announced: set[_MemoKey] = set()
         for request in requests:
             key = self._memo_key(request.image, request.backbone, request.crop_rounding, request.cacheable)
-            if key in self._memo or key in self._prepared or any(key == k for k, _, _ in recipes.get(request.image, [])):
+            if key in self._memo or key in self._prepared or key in announced:
                 continue
+            announced.add(key)
             if request.cacheable and self._load_cached(key, request.backbone, request.crop_rounding):
                 continue
             recipes.setdefault(request.image, []).append((key, request.backbone, request.crop_rounding))
@@ -231,6 +267,18 @@ class ImageFeatures:
             for position, (key, _, _) in enumerate(wanted):
                 self._prepared[key] = (future, position)
 
+    def precompute(self, requests: Iterable[ImageRequest]) -> None:
+        """Encodes every announced image now, one batched pass per (backbone, crop rounding).
+
+        The runner calls this per chunk before the metrics score it, so the images that share a forward pass are the
+        chunk's, whatever the order of the metrics: two runs of the same chunks give bit-identical scores.
+        """
+        groups: dict[tuple[str, CropRounding], list[tuple[Image.Image | ImageRef, bool]]] = {}
+        for request in requests:
+            groups.setdefault((request.backbone, request.crop_rounding), []).append((request.image, request.cacheable))
+        for (backbone, crop_rounding), items in sorted(groups.items(), key=lambda group: group[0]):
+            self.resolve(list(dict.fromkeys(items)), backbone, crop_rounding)
+
     def release(self, images: Iterable[ImageRef]) -> None:
         """Forgets the features and prepared crops of non-cacheable images (a finished chunk's outputs), so that
         memory stays bounded and a file rewritten under the same path is read again."""
@@ -238,6 +286,32 @@ class ImageFeatures:
         for store in (self._memo, self._prepared):
             for key in [key for key in store if key[0] in released]:
                 del store[key]
+
+    def resolve(
+        self,
+        items: Sequence[tuple[Image.Image | ImageRef, bool]],
+        backbone: str,
+        crop_rounding: CropRounding,
+    ) -> np.ndarray:
+        """Float32 features ``[N, D]`` of ``(image, cacheable)`` items, row ``i`` for item ``i``.
+
+        In-memory PIL images (derived regions, images passed by tests) are encoded every time; image references are
+        looked up first and remembered after.
+        """
+        if not items:
+            return np.empty((0, 0), dtype=np.float32)
+        keys = [
+            self._memo_key(item, backbone, crop_rounding, cacheable) if isinstance(item, ImageRef) else None
+            for item, cacheable in items
+        ]
+        to_encode: dict[object, int] = {}  # memo key (or position, for PIL images) -> first item needing it
+        for index, (key, (_, cacheable)) in enumerate(zip(keys, items, strict=True)):
+            if key is None:
+                to_encode[index] = index
+            elif key not in self._memo and not (cacheable and self._load_cached(key, backbone, crop_rounding)):
+                to_encode.setdefault(key, index)
+        fresh = self._encode(items, keys, list(to_encode.values()), backbone, crop_rounding) if to_encode else {}
+        return np.stack([self._memo[key] if key is not None else fresh[index] for index, key in enumerate(keys)])
 
     # ------------------------------------------------------------------------------------------------------------------
 
@@ -266,17 +340,14 @@ class ImageFeatures:
     def _load_cached(self, key: _MemoKey, backbone: str, crop_rounding: CropRounding) -> bool:
         if self.cache is None:
             return False
-        vector = self.cache.get(self._disk_key(str(key[0]), backbone, crop_rounding))
-        if vector is not None:
-            self._memo[key] = vector
-        return vector is not None
+        entry = self.cache.get(self._disk_key(str(key[0]), backbone, crop_rounding))
+        if entry is not None:
+            self._memo[key] = self._by_pixels.setdefault((backbone, entry.pixels_sha256), entry.feature)
+        return entry is not None
 
-    def _store(self, key: _MemoKey, vector: np.ndarray, backbone: str, crop_rounding: CropRounding, cached: bool):
-        self._memo[key] = vector
-        if cached and self.cache is not None:
-            self.cache.put(self._disk_key(str(key[0]), backbone, crop_rounding), vector)
-
-    def _crop(self, item: Image.Image | ImageRef, key: _MemoKey | None, backbone: str, rounding: CropRounding):
+    def _crop(
+        self, item: Image.Image | ImageRef, key: _MemoKey | None, backbone: str, rounding: CropRounding
+    ) -> np.ndarray:
         """The uint8 crop of one image: prepared by a worker when announced, else decoded and cropped here."""
         prepared = self._prepared.pop(key, None) if key is not None else None
         if prepared is not None:
@@ -285,40 +356,41 @@ class ImageFeatures:
         image = item.open() if isinstance(item, ImageRef) else item
         return self._encoder(backbone).preprocessing.crop_array(image, rounding)
 
-    def resolve(
+    def _encode(
         self,
         items: Sequence[tuple[Image.Image | ImageRef, bool]],
+        keys: Sequence[_MemoKey | None],
+        positions: list[int],
         backbone: str,
         crop_rounding: CropRounding,
-    ) -> np.ndarray:
-        """Float32 features ``[N, D]`` of ``(image, cacheable)`` items, row ``i`` for item ``i``.
-
-        In-memory PIL images (derived regions, images passed by tests) are encoded every time; image references are
-        looked up first and remembered after.
-        """
-        rows: list[np.ndarray | None] = [None] * len(items)
-        keys: list[_MemoKey | None] = [None] * len(items)
-        missing: list[int] = []
-        for index, (item, cacheable) in enumerate(items):
-            if isinstance(item, ImageRef):
-                key = keys[index] = self._memo_key(item, backbone, crop_rounding, cacheable)
-                if key in self._memo or (cacheable and self._load_cached(key, backbone, crop_rounding)):
-                    rows[index] = self._memo[key]
-                    continue
-            missing.append(index)
-        if missing:
-            encoder = self._encoder(backbone)
-            crops = [self._crop(items[index][0], keys[index], backbone, crop_rounding) for index in missing]
-            features = encoder.embed_pixels(encoder.preprocessing.normalize(crops)).numpy()
-            self.encoded[backbone] += len(missing)
-            for index, vector in zip(missing, features, strict=True):
-                rows[index] = vector
-                key = keys[index]
-                if key is not None:
-                    self._store(key, vector, backbone, crop_rounding, cached=items[index][1])
-        if not rows:
-            return np.empty((0, 0), dtype=np.float32)
-        return np.stack(rows)  # type: ignore[arg-type]
+    ) -> dict[int, np.ndarray]:
+        """Features of the items at ``positions``, by position: pixels seen before reuse their feature, the rest go
+        through the network in one batched pass. Keyed items are remembered (and cached on disk when cacheable)."""
+        encoder = self._encoder(backbone)
+        crops = [self._crop(items[index][0], keys[index], backbone, crop_rounding) for index in positions]
+        digests = [hashlib.sha256(crop.tobytes()).digest() for crop in crops]
+        # Sorted by digest: which images share a forward pass (and so the kernels' rounding) must not depend on the
+        # order in which metrics asked for them.
+        unseen = {
+            digest: crop
+            for digest, crop in sorted(zip(digests, crops, strict=True), key=lambda pair: pair[0])
+            if (backbone, digest) not in self._by_pixels
+        }
+        if unseen:
+            rows = encoder.embed_pixels(encoder.preprocessing.normalize(list(unseen.values()))).numpy()
+            self._by_pixels.update(((backbone, digest), row) for digest, row in zip(unseen, rows, strict=True))
+            self.encoded[backbone] += len(unseen)
+        features = {}
+        for index, digest in zip(positions, digests, strict=True):
+            features[index] = vector = self._by_pixels[(backbone, digest)]
+            key = keys[index]
+            if key is not None:
+                self._memo[key] = vector
+                if items[index][1] and self.cache is not None:
+                    self.cache.put(
+                        self._disk_key(str(key[0]), backbone, crop_rounding), CachedEmbedding(vector, digest)
+                    )
+        return features
 
 
 class FeatureBatch:

@@ -1,9 +1,10 @@
 """Encoders with their pinned preprocessing: the one place where images and captions become features.
 
-Every metric that needs a network goes through these classes, so batching (and, later, an embedding cache) lives in
-one place. Preprocessing is written out here in PIL + numpy instead of delegating to a library's image processor,
-because those processors changed behaviour across versions and disagree with each other (PROTOCOLS.md traps 3, 5, 11):
-the steps below are the protocol, and tests check them against the HF and torchvision implementations.
+Every metric that needs a network goes through these classes (via ``metrics/embedding_cache.py``, which remembers
+features and prepares images in worker processes), so batching lives in one place. Preprocessing is written out here
+in PIL + numpy instead of delegating to a library's image processor, because those processors changed behaviour
+across versions and disagree with each other (PROTOCOLS.md traps 3, 5, 11): the steps below are the protocol, and
+tests check them against the HF and torchvision implementations.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mige_bench.images import ImageRef
 from mige_bench.metrics.functional import resize_to_reference
 from mige_bench.metrics.regions import RegionPair
 
@@ -83,16 +85,27 @@ class ImagePreprocessing:
         left, top = crop_offset(width - self.crop, rounding), crop_offset(height - self.crop, rounding)
         return image.crop((left, top, left + self.crop, top + self.crop))
 
-    def __call__(self, images: Sequence[Image.Image], rounding: CropRounding) -> torch.Tensor:
-        """Returns the ``[N, 3, crop, crop]`` float32 model input for a list of RGB images."""
+    def crop_array(self, image: Image.Image, rounding: CropRounding) -> np.ndarray:
+        """The geometric steps (RGB, resize, centre crop) of one image: a ``[crop, crop, 3]`` uint8 array.
+
+        This is the expensive, per-image part; it runs in decoding worker processes during scoring.
+        """
+        return np.asarray(self.center_crop(self.resize(image.convert("RGB")), rounding), dtype=np.uint8)
+
+    def normalize(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """The arithmetic steps of a batch of :meth:`crop_array` results: ``[N, 3, crop, crop]`` float32 model input.
+
+        Elementwise float32 operations, so the values are bit-identical whether images are normalised one at a time
+        or stacked; the result is made contiguous (NCHW) so that the network sees the same memory layout either way.
+        """
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
-        arrays = []
-        for image in images:
-            cropped = self.center_crop(self.resize(image.convert("RGB")), rounding)
-            unit = np.asarray(cropped, dtype=np.float32) / np.float32(255.0)
-            arrays.append(((unit - mean) / std).transpose(2, 0, 1))
-        return torch.from_numpy(np.stack(arrays))
+        unit = np.stack(crops).astype(np.float32) / np.float32(255.0)
+        return torch.from_numpy(np.ascontiguousarray(((unit - mean) / std).transpose(0, 3, 1, 2)))
+
+    def __call__(self, images: Sequence[Image.Image], rounding: CropRounding) -> torch.Tensor:
+        """Returns the ``[N, 3, crop, crop]`` float32 model input for a list of RGB images."""
+        return self.normalize([self.crop_array(image, rounding) for image in images])
 
     def describe(self, rounding: CropRounding | None = None) -> str:
         """One line naming every step, for provenance records."""
@@ -149,13 +162,29 @@ class ImageEncoder(ABC):
 
     def encode_images(self, images: Sequence[Image.Image], crop_rounding: CropRounding = "hf") -> torch.Tensor:
         """L2-normalised float32 features ``[N, D]`` (on the CPU) of RGB images, in input order."""
+        chunks = [
+            self.embed_pixels(self.preprocessing(images[start : start + self.batch_size], crop_rounding))
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 features ``[N, D]`` (on the CPU) of preprocessed pixels ``[N, 3, H, W]``, run through
+        the network :attr:`batch_size` images at a time."""
         chunks = []
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                pixels = self.preprocessing(images[start : start + self.batch_size], crop_rounding)
-                features = self._embed_pixels(pixels.to(self.device)).float()
+            for start in range(0, len(pixels), self.batch_size):
+                batch = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
+                features = self._embed_pixels(batch).float()
                 chunks.append(torch.nn.functional.normalize(features, dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+def decode_and_crop(image: ImageRef, crops: Sequence[tuple[ImagePreprocessing, CropRounding]]) -> list[np.ndarray]:
+    """Decodes one image file once and returns its :meth:`ImagePreprocessing.crop_array` for each requested
+    (preprocessing, crop rounding): the work of a decoding worker process (picklable, PIL + numpy only)."""
+    opened = image.open()
+    return [preprocessing.crop_array(opened, rounding) for preprocessing, rounding in crops]
 
 
 class DinoEncoder(ImageEncoder):

@@ -10,13 +10,14 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
 from PIL import Image
 
 from mige_bench.errors import MigeBenchError
+from mige_bench.images import ImageRef
 from mige_bench.metrics import functional
 from mige_bench.metrics.base import Excluded, Metric, Score
-from mige_bench.metrics.encoders import CROP_ROUNDINGS, CropRounding, ImageEncoder
+from mige_bench.metrics.embedding_cache import FeatureBatch, ImageRequest
+from mige_bench.metrics.encoders import CROP_ROUNDINGS, CropRounding
 from mige_bench.metrics.regions import (
     ImageOpener,
     ImagePairing,
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+OutputImage = Image.Image | ImageRef
+"""An output as the metrics here take it: decoded, or a file the runner has not decoded (features may be ready)."""
+
 IDENTICAL_CAPTIONS = "identical input and output captions"
 """Exclusion reason of CLIP-T (with ``exclude_if_equal``) and CLIP-dir rows whose two captions are the same."""
 
@@ -43,26 +47,6 @@ def _check_crop_rounding(metric: str, crop_rounding: str) -> None:
             f"metric {metric!r}: crop_rounding {crop_rounding!r} is not one of {', '.join(CROP_ROUNDINGS)}; "
             "fix the task YAML."
         )
-
-
-class _EncodingBatch:
-    """Images to encode for one ``score`` call, deduplicated by object (the same opened reference or output image is
-    encoded once), then encoded in one batched pass."""
-
-    def __init__(self) -> None:
-        self._images: list[Image.Image] = []
-        self._index: dict[int, int] = {}
-
-    def add(self, image: Image.Image) -> int:
-        """Registers ``image`` and returns the row its feature will have."""
-        if id(image) not in self._index:
-            self._index[id(image)] = len(self._images)
-            self._images.append(image)
-        return self._index[id(image)]
-
-    def encode(self, encoder: ImageEncoder, crop_rounding: CropRounding) -> np.ndarray:
-        """Features of every registered image, row ``i`` for the ``i``-th registration."""
-        return encoder.encode_images(self._images, crop_rounding).numpy()
 
 
 class _ImageSimilarity(Metric):
@@ -77,6 +61,9 @@ class _ImageSimilarity(Metric):
     """
 
     higher_is_better: ClassVar[bool] = True
+    accepts_image_refs: ClassVar[bool] = True
+    """``score`` also takes outputs as files (``ImageRef``) and ``image_requests`` announces what it will encode: the
+    runner then decodes outputs in worker processes, and features shared between metrics are computed once."""
 
     def __init__(
         self, backbones: Backbones, *, against: str, region: Region = "full", crop_rounding: CropRounding = "hf"
@@ -87,17 +74,33 @@ class _ImageSimilarity(Metric):
         self.pairing = ImagePairing(self.name, against, region)
         self.crop_rounding = crop_rounding
 
-    def _encoder(self) -> ImageEncoder:
-        return getattr(self.backbones, self.backbones_used[0])
+    def image_requests(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[ImageRequest]:
+        """The images :meth:`score` will encode, announced so the runner can prepare them ahead (outputs given as
+        files, references used as they are; region-derived images are made while scoring)."""
+        if self.pairing.region != "full":
+            return []
+        backbone = self.backbones_used[0]
+        requests = []
+        for output, sample in zip(outputs, samples, strict=True):
+            if isinstance(output, ImageRef):
+                requests.append(ImageRequest(output, backbone, self.crop_rounding))
+            references = reference_images(sample, self.pairing.against, self.name)
+            requests.extend(ImageRequest(image, backbone, self.crop_rounding, cacheable=True) for image in references)
+        return requests
 
-    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
+    def score(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[Score]:
         opener = ImageOpener()
-        batch = _EncodingBatch()
+        batch = self.backbones.features.batch(self.backbones_used[0], self.crop_rounding)
         rows: list[list[tuple[int, int]] | Excluded] = []
         for output, sample in zip(outputs, samples, strict=True):
-            pairs = self.pairing.pairs(output, sample, opener)
+            if self.pairing.region == "full":
+                # Reference files are encoded as they are, so their features may come from the embedding cache.
+                references = reference_images(sample, self.pairing.against, self.name)
+                rows.append([(batch.add(output), batch.add(image, cacheable=True)) for image in references])
+                continue
+            pairs = self.pairing.pairs(opener(output) if isinstance(output, ImageRef) else output, sample, opener)
             rows.append(pairs if isinstance(pairs, Excluded) else [self._register(pair, batch) for pair in pairs])
-        features = batch.encode(self._encoder(), self.crop_rounding)
+        features = batch.encode()
         scores: list[Score] = []
         for row in rows:
             if isinstance(row, Excluded):
@@ -109,7 +112,7 @@ class _ImageSimilarity(Metric):
         return scores
 
     @staticmethod
-    def _register(pair: RegionPair, batch: _EncodingBatch) -> tuple[int, int]:
+    def _register(pair: RegionPair, batch: FeatureBatch) -> tuple[int, int]:
         output, reference = pair.blackened()
         return batch.add(output), batch.add(reference)
 
@@ -151,6 +154,7 @@ class ClipTextSimilarity(Metric):
     name: ClassVar[str] = "clip_t"
     higher_is_better: ClassVar[bool] = True
     backbones_used: ClassVar[tuple[str, ...]] = ("clip",)
+    accepts_image_refs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -167,27 +171,34 @@ class ClipTextSimilarity(Metric):
         self.exclude_if_equal = exclude_if_equal
         self.crop_rounding = crop_rounding
 
-    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
-        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
-        kept: list[int] = []
-        captions: list[str] = []
+    def _kept(self, samples: Sequence[Sample]) -> list[tuple[int, str]]:
+        """``(row, caption)`` of the samples that are scored (not excluded for identical captions)."""
+        kept = []
         for index, sample in enumerate(samples):
             caption = reference_text(sample, self.caption, self.name)
-            if self.exclude_if_equal is not None and caption == reference_text(
-                sample, self.exclude_if_equal, self.name
-            ):
-                continue
-            kept.append(index)
-            captions.append(caption)
+            if self.exclude_if_equal is None or caption != reference_text(sample, self.exclude_if_equal, self.name):
+                kept.append((index, caption))
+        return kept
+
+    def image_requests(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[ImageRequest]:
+        """The output files :meth:`score` will encode, announced so the runner can prepare them ahead."""
+        return [
+            ImageRequest(outputs[index], "clip", self.crop_rounding)
+            for index, _ in self._kept(samples)
+            if isinstance(outputs[index], ImageRef)
+        ]
+
+    def score(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
+        kept = self._kept(samples)
         if not kept:
             return scores
-        clip = self.backbones.clip
-        texts = clip.encode_texts(captions)
+        texts = self.backbones.clip.encode_texts([caption for _, caption in kept])
         self.counters["truncated_captions"] += sum(texts.truncated)
-        images = clip.encode_images([outputs[index] for index in kept], self.crop_rounding)
-        for index, value in zip(
-            kept, functional.cosine_similarity(images.numpy(), texts.features.numpy()), strict=True
-        ):
+        batch = self.backbones.features.batch("clip", self.crop_rounding)
+        rows = [batch.add(outputs[index]) for index, _ in kept]
+        images = batch.encode()[rows]
+        for (index, _), value in zip(kept, functional.cosine_similarity(images, texts.features.numpy()), strict=True):
             scores[index] = float(value)
         return scores
 
@@ -206,6 +217,7 @@ class ClipDirectionalSimilarity(Metric):
     name: ClassVar[str] = "clip_dir"
     higher_is_better: ClassVar[bool] = True
     backbones_used: ClassVar[tuple[str, ...]] = ("clip",)
+    accepts_image_refs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -224,30 +236,44 @@ class ClipDirectionalSimilarity(Metric):
         self.source_image = source_image
         self.crop_rounding = crop_rounding
 
-    def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:
-        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
-        opener = ImageOpener()
-        batch = _EncodingBatch()
-        kept: list[tuple[int, int, int]] = []
-        output_captions: list[str] = []
-        source_captions: list[str] = []
-        for index, (output, sample) in enumerate(zip(outputs, samples, strict=True)):
+    def _kept(self, samples: Sequence[Sample]) -> list[tuple[int, str, str, ImageRef]]:
+        """``(row, caption, source caption, source image)`` of the samples whose two captions differ."""
+        kept = []
+        for index, sample in enumerate(samples):
             caption = reference_text(sample, self.caption, self.name)
             source_caption = reference_text(sample, self.source_caption, self.name)
-            if caption == source_caption:
-                continue
-            source = opener(reference_images(sample, self.source_image, self.name)[0])
-            kept.append((index, batch.add(output), batch.add(source)))
-            output_captions.append(caption)
-            source_captions.append(source_caption)
+            if caption != source_caption:
+                source = reference_images(sample, self.source_image, self.name)[0]
+                kept.append((index, caption, source_caption, source))
+        return kept
+
+    def image_requests(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[ImageRequest]:
+        """The output files and source images :meth:`score` will encode, announced so the runner can prepare them
+        ahead."""
+        requests = []
+        for index, _, _, source in self._kept(samples):
+            if isinstance(outputs[index], ImageRef):
+                requests.append(ImageRequest(outputs[index], "clip", self.crop_rounding))
+            requests.append(ImageRequest(source, "clip", self.crop_rounding, cacheable=True))
+        return requests
+
+    def score(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score] = [Excluded(IDENTICAL_CAPTIONS)] * len(samples)
+        batch = self.backbones.features.batch("clip", self.crop_rounding)
+        kept = [
+            (index, batch.add(outputs[index]), batch.add(source, cacheable=True), caption, source_caption)
+            for index, caption, source_caption, source in self._kept(samples)
+        ]
         if not kept:
             return scores
+        indices, output_rows, source_rows, output_captions, source_captions = (
+            list(column) for column in zip(*kept, strict=True)
+        )
         clip = self.backbones.clip
         output_texts = clip.encode_texts(output_captions)
         source_texts = clip.encode_texts(source_captions)
         self.counters["truncated_captions"] += sum(output_texts.truncated) + sum(source_texts.truncated)
-        features = batch.encode(clip, self.crop_rounding)
-        indices, output_rows, source_rows = (list(column) for column in zip(*kept, strict=True))
+        features = batch.encode()
         directions = functional.directional_similarity(
             features[output_rows], features[source_rows], output_texts.features.numpy(), source_texts.features.numpy()
         )

@@ -5,4 +5,5 @@ MODELS: dict[str, str] = {
     "copy_reference": "mige_bench.models.sanity:CopyReferenceGenerator",
     "folder": "mige_bench.models.folder:FolderGenerator",
     "diffusers": "mige_bench.models.diffusers_pipeline:DiffusersGenerator",
+    "mige": "mige_bench.models.mige:MIGEGenerator",
 }

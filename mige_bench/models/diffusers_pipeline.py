@@ -87,6 +87,11 @@ _IP2P_SOURCES = {
     "EulerAncestralDiscreteScheduler",
 }
 
+QWEN_OUTPUT_SIZE = (
+    "about 1 megapixel at the source's aspect ratio, whatever its size: width sqrt(1024^2 * w/h) and height width / "
+    "(w/h), each rounded to a multiple of 32 (640x480 -> 1184x896, 48x32 -> 1248x832)"
+)
+
 PRESETS: dict[str, Preset] = {
     "instruct-pix2pix": Preset(
         pretrained="timbrooks/instruct-pix2pix",
@@ -175,17 +180,24 @@ PRESETS: dict[str, Preset] = {
         pretrained="Qwen/Qwen-Image-Edit",
         pipeline="QwenImageEditPipeline",
         call_kwargs={"num_inference_steps": 50, "true_cfg_scale": 4.0, "negative_prompt": " "},
-        output_size="about 1 megapixel at the source aspect ratio, sides multiples of 32",
-        sources={"all settings": "Qwen/Qwen-Image-Edit model card (50 steps, true_cfg_scale 4.0, negative prompt ' ')"},
+        output_size=QWEN_OUTPUT_SIZE,
+        sources={
+            "all settings": "Qwen/Qwen-Image-Edit model card (50 steps, true_cfg_scale 4.0, negative prompt ' ')",
+            "height/width": "QwenImageEditPipeline default (calculate_dimensions(1024 * 1024, source aspect ratio))",
+        },
     ),
     "qwen-image-edit-plus": Preset(
         pretrained="Qwen/Qwen-Image-Edit-2509",
         pipeline="QwenImageEditPlusPipeline",
         call_kwargs={"num_inference_steps": 40, "true_cfg_scale": 4.0, "guidance_scale": 1.0, "negative_prompt": " "},
-        output_size="about 1 megapixel at the aspect ratio of the last input image, sides multiples of 32",
+        output_size=f"{QWEN_OUTPUT_SIZE}, for the source image wherever it sits among the input images",
         sources={
             "all settings": "Qwen/Qwen-Image-Edit-2509 model card (40 steps, true_cfg_scale 4.0, guidance_scale 1.0, "
-            "negative prompt ' ')"
+            "negative prompt ' ')",
+            "height/width": "our choice: QwenImageEditPlusPipeline's own sizing rule applied to the source image (the "
+            "pipeline alone follows the last input image)",
+            "prompt": "our choice: the i-th <imagehere> becomes 'Picture i', the label the pipeline puts in front of "
+            "input image i ('Picture i: <image>')",
         },
     ),
 }
@@ -326,9 +338,14 @@ class OmniGenFamily(PipelineFamily):
 
 def omnigen_prompt(multimodal_prompt: str) -> str:
     """Replaces each :data:`IMAGE_PLACEHOLDER` (case-insensitive), in order, with OmniGen's tag for image 1, 2, ..."""
+    return _number_placeholders(multimodal_prompt, OMNIGEN_IMAGE_TAG)
+
+
+def _number_placeholders(multimodal_prompt: str, template: str) -> str:
+    """Replaces the i-th :data:`IMAGE_PLACEHOLDER` (case-insensitive) with ``template.format(index=i)``, 1-based."""
     counter = itertools.count(1)
     pattern = re.compile(re.escape(IMAGE_PLACEHOLDER), re.IGNORECASE)
-    return pattern.sub(lambda _: OMNIGEN_IMAGE_TAG.format(index=next(counter)), multimodal_prompt)
+    return pattern.sub(lambda _: template.format(index=next(counter)), multimodal_prompt)
 
 
 class FluxKontextFamily(PipelineFamily):
@@ -394,9 +411,112 @@ def kontext_size(source_size: tuple[int, int], auto_resize: bool = True, multipl
     return width // multiple_of * multiple_of, height // multiple_of * multiple_of
 
 
+QWEN_OUTPUT_AREA = 1024 * 1024
+"""Pixel area the Qwen-Image-Edit pipelines generate at by default (``calculate_dimensions(1024 * 1024, ...)``)."""
+
+QWEN_PICTURE_NAME = "Picture {index}"
+"""How Qwen-Image-Edit-Plus names input image ``index`` (1-based) in front of the prompt (``Picture 1: <image>``)."""
+
+
+class QwenImageEditFamily(PipelineFamily):
+    """Source image + instruction (Qwen-Image-Edit), at the pipeline's default size.
+
+    The pipeline resizes the source to about a megapixel at its aspect ratio (:data:`QWEN_OUTPUT_AREA`, sides
+    multiples of 32) for both the VAE and the Qwen2.5-VL text encoder, and generates at that size. With
+    ``batch_calls=1``, sources of one size share a call (the pipeline sizes every image of a call after the first).
+    """
+
+    pipeline_class = "QwenImageEditPipeline"
+    task_kinds = ("edit",)
+    input_arguments = ("image", "prompt", "generator", "num_images_per_prompt")
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        source = self._source(sample)
+        return PreparedInput(sample.inputs.prompt, (source,), source, group_key=source.size)
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        negative_prompt = kwargs.get("negative_prompt")
+        if isinstance(negative_prompt, str):
+            # The negative prompt is encoded with the images of the call: one per image, or the processor refuses.
+            kwargs = {**kwargs, "negative_prompt": [negative_prompt] * len(batch)}
+        return pipe(
+            image=[request.images[0] for request in batch],
+            prompt=[request.prompt for request in batch],
+            generator=generators,
+            **kwargs,
+        ).images
+
+
+class QwenImageEditPlusFamily(PipelineFamily):
+    """Several input images + instruction (Qwen-Image-Edit-2509), output sized after the source image.
+
+    The pipeline writes ``Picture 1: <image 1>Picture 2: <image 2>...`` in front of the prompt. Our choice: a
+    sample's multimodal prompt passes its placeholder images in order, each ``<imagehere>`` becoming ``Picture i``
+    (``put <imagehere> into <imagehere>`` -> ``put Picture 1 into Picture 2``); an editing sample without one
+    passes its source image and plain instruction. The pipeline would size the output after the *last* image; the
+    family applies that same rule (about a megapixel at the aspect ratio, sides multiples of 32) to the source image,
+    wherever it sits among the inputs. One image per call: the pipeline supports no batches.
+    """
+
+    pipeline_class = "QwenImageEditPlusPipeline"
+    task_kinds = ("edit", "subject_edit")
+    input_arguments = ("image", "prompt", "generator", "num_images_per_prompt", "height", "width")
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        inputs = sample.inputs
+        if inputs.multimodal_prompt is not None:
+            prompt = qwen_plus_prompt(inputs.multimodal_prompt)
+            images = tuple(reference.open() for reference in inputs.placeholder_images)
+        elif inputs.subject_images:
+            raise MigeBenchError(
+                f"Qwen-Image-Edit-Plus needs a multimodal prompt to say which picture is which in sample {sample.id}, "
+                "and the task gives none; use a task that defines one (e.g. migebench)."
+            )
+        else:
+            prompt, images = inputs.prompt, (self._source(sample),)
+        source = inputs.source_image.open() if inputs.source_image is not None else None
+        return PreparedInput(prompt, images, source, group_key=None)
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+
+        (request,) = batch
+        if request.source is not None:
+            width, height = pipeline_qwenimage_edit_plus.calculate_dimensions(
+                QWEN_OUTPUT_AREA, request.source.width / request.source.height
+            )
+            kwargs = {**kwargs, "width": width, "height": height}
+        return pipe(image=list(request.images), prompt=request.prompt, generator=generators, **kwargs).images
+
+
+def qwen_plus_prompt(multimodal_prompt: str) -> str:
+    """Replaces each :data:`IMAGE_PLACEHOLDER` (case-insensitive), in order, with ``Picture 1``, ``Picture 2``, ..."""
+    return _number_placeholders(multimodal_prompt, QWEN_PICTURE_NAME)
+
+
 FAMILIES: dict[str, type[PipelineFamily]] = {
-    family.pipeline_class: family for family in (InstructPix2PixFamily, OmniGenFamily, FluxKontextFamily)
+    family.pipeline_class: family
+    for family in (
+        InstructPix2PixFamily,
+        OmniGenFamily,
+        FluxKontextFamily,
+        QwenImageEditFamily,
+        QwenImageEditPlusFamily,
+    )
 }
+
+BLOCKED_PIPELINES: dict[str, str] = {
+    "BlipDiffusionPipeline": "diffusers' BlipDiffusionPipeline (deprecated, frozen at diffusers 0.33.1) cannot run "
+    "with transformers 5: its Q-Former calls transformers' Blip2QFormerAttention with the v4 signature and relies on "
+    "invert_attention_mask/get_head_mask, which v5 removed; and since the pipeline moved to pipelines.deprecated, "
+    "from_pretrained cannot resolve its custom components (same cause as diffusers issue #14008). It needs an "
+    "environment with diffusers<=0.33.1 and transformers<5.",
+}
+"""Pipelines of preset baselines that cannot run with this project's pinned libraries, and why."""
 
 
 def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
@@ -521,9 +641,10 @@ class DiffusersGenerator(Generator):
         pipeline_class = diffusers.DiffusionPipeline
         if pipeline_name is not None:
             if pipeline_name not in FAMILIES:
+                blocked = BLOCKED_PIPELINES.get(pipeline_name)
                 raise MigeBenchError(
                     f"pipeline={pipeline_name!r} is not supported by the diffusers model; supported: "
-                    f"{', '.join(FAMILIES)}."
+                    f"{', '.join(FAMILIES)}." + (f" Why: {blocked}" if blocked else "")
                 )
             pipeline_class = getattr(diffusers, pipeline_name)
         pipe = self._from_pretrained(pipeline_class)

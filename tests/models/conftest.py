@@ -13,20 +13,31 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLQwenImage,
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxKontextPipeline,
     FluxTransformer2DModel,
     OmniGenPipeline,
     OmniGenTransformer2DModel,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
     StableDiffusionInstructPix2PixPipeline,
     UNet2DConditionModel,
 )
+from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
     LlamaTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
@@ -188,4 +199,120 @@ def flux_kontext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     folder = tmp_path_factory.mktemp("flux_kontext")
     pipe.save_pretrained(folder)
+    return folder
+
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def tiny_qwen_processor() -> Qwen2VLProcessor:
+    """A byte-level Qwen2 tokenizer without merges (one token per byte, so any prompt template tokenizes) plus
+    Qwen2-VL image and video processors with 4 px patches, merged 2x2, capped at 32x32 px per image.
+
+    The pipelines drop the first 64 tokens of their encoded template (the real tokenizer's length of the system
+    prompt); with one token per byte the template is far longer, so part of the system prompt stays, as harmless here.
+    """
+    vocab = {character: index for index, character in enumerate(sorted(ByteLevel.alphabet()))}
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    patches = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2}
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=8 * 8, max_pixels=32 * 32, **patches),
+        video_processor=Qwen2VLVideoProcessor(**patches),
+        tokenizer=tokenizer,
+    )
+
+
+def tiny_qwen_edit_pipeline(pipeline_class: type) -> QwenImageEditPipeline | QwenImageEditPlusPipeline:
+    """Qwen-Image-Edit's components at width 16: a one-layer Qwen2.5-VL (its image token ids taken from the tokenizer),
+    a one-layer MMDiT and a 4-channel VAE with the real 8x downsampling."""
+    processor = tiny_qwen_processor()
+    vocab = processor.tokenizer.get_vocab()
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config={
+                "vocab_size": len(vocab),
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "bos_token_id": None,
+                "eos_token_id": vocab["<|im_end|>"],
+                "pad_token_id": vocab["<|endoftext|>"],
+                "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e6},
+            },
+            vision_config={
+                "depth": 1,
+                "hidden_size": 16,
+                "intermediate_size": 16,
+                "num_heads": 2,
+                "out_hidden_size": 16,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 16,
+                "fullatt_block_indexes": [0],
+            },
+            image_token_id=vocab["<|image_pad|>"],
+            video_token_id=vocab["<|video_pad|>"],
+            vision_start_token_id=vocab["<|vision_start|>"],
+            vision_end_token_id=vocab["<|vision_end|>"],
+        )
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=0,
+        temperal_downsample=[False, False, False],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,  # 4 latent channels x a 2x2 patch
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,  # Qwen2.5-VL width
+        guidance_embeds=False,  # as in the released Qwen-Image-Edit checkpoints
+        axes_dims_rope=(2, 2, 4),
+    )
+    return pipeline_class(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=processor.tokenizer,
+        processor=processor,
+        transformer=transformer,
+    )
+
+
+@pytest.fixture(scope="session")
+def qwen_image_edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("qwen_image_edit")
+    tiny_qwen_edit_pipeline(QwenImageEditPipeline).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_image_edit_plus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("qwen_image_edit_plus")
+    tiny_qwen_edit_pipeline(QwenImageEditPlusPipeline).save_pretrained(folder)
     return folder

@@ -18,6 +18,7 @@ from mige_bench.models.diffusers_pipeline import (
     fit_to_resolution,
     kontext_size,
     omnigen_prompt,
+    qwen_plus_prompt,
 )
 from mige_bench.sample import ModelInputs, Sample
 
@@ -263,6 +264,150 @@ def test_flux_kontext_preset_pins_guidance_and_leaves_the_output_size_to_the_sou
         DiffusersGenerator(pretrained=str(flux_kontext_dir), max_area="1024")
 
 
+# -- Qwen-Image-Edit and Qwen-Image-Edit-Plus --------------------------------------------------------------------------
+
+# Both pipelines resize every input to about a megapixel and generate at that size, several seconds per call on CPU
+# even at width 16: all tests but one shrink the area the pipelines aim at by 64x (128x128 px, same rounding rule).
+QWEN_AREA_DIVISOR = 64
+
+
+@pytest.fixture
+def small_qwen_area(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus
+
+    for module in (pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus):
+        full_size = module.calculate_dimensions
+        monkeypatch.setattr(
+            module, "calculate_dimensions", lambda area, ratio, rule=full_size: rule(area // QWEN_AREA_DIVISOR, ratio)
+        )
+
+
+@pytest.fixture(scope="module")
+def qwen_edit(qwen_image_edit_dir: Path) -> DiffusersGenerator:
+    return DiffusersGenerator(pretrained=str(qwen_image_edit_dir), **TWO_STEPS)
+
+
+@pytest.fixture(scope="module")
+def qwen_edit_plus(qwen_image_edit_plus_dir: Path) -> DiffusersGenerator:
+    return DiffusersGenerator(pretrained=str(qwen_image_edit_plus_dir), **TWO_STEPS)
+
+
+def insert_sample(sample_id: str) -> Sample:
+    """A MIGEBench-style subject edit whose source (48x32) comes first and entity (32x32) last."""
+    source, entity = noise_image(48, 32, 1), noise_image(32, 32, 2)
+    return Sample(
+        id=sample_id,
+        kind="subject_edit",
+        inputs=ModelInputs(
+            prompt="add the cat",
+            source_image=source,
+            subject_images=(entity,),
+            multimodal_prompt="<imagehere> with the cat of <IMAGEHERE> added",
+            placeholder_images=(source, entity),
+        ),
+    )
+
+
+def test_qwen_image_edit_generates_about_a_megapixel_at_the_source_aspect(qwen_image_edit_dir: Path) -> None:
+    generator = DiffusersGenerator(pretrained=str(qwen_image_edit_dir), num_inference_steps="1")
+    (image,) = generator.generate([edit_sample("wide", width=48, height=32)], [0])
+    # sqrt(1024^2 * 3/2) = 1254 -> 1248 and 836 -> 832: the source's aspect, not its size.
+    assert image.size == (1248, 832)
+
+
+def test_qwen_image_edit_same_seed_is_byte_identical_other_seeds_differ_and_batches_do_not_matter(
+    qwen_edit: DiffusersGenerator, small_qwen_area: None
+) -> None:
+    target = edit_sample("target", width=48, height=32, seed=1)
+    alone, again, other = (qwen_edit.generate([target], [seed])[0] for seed in (7, 7, 8))
+    batch = qwen_edit.generate([edit_sample("b", seed=2), target, edit_sample("c", seed=3)], [5, 7, 9])
+    assert alone.size == (160, 96)
+    assert pixels(alone) == pixels(again) == pixels(batch[1])
+    assert pixels(alone) != pixels(other)
+    assert pixels(batch[0]) != pixels(alone)
+
+
+def test_qwen_image_edit_batch_calls_share_a_call_per_source_size_with_true_cfg(
+    qwen_image_edit_dir: Path, small_qwen_area: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batched = DiffusersGenerator(
+        pretrained=str(qwen_image_edit_dir), batch_calls="1", true_cfg_scale="4", negative_prompt=" ", **TWO_STEPS
+    )
+    call_sizes = []
+    run_family = batched.family.call
+    monkeypatch.setattr(
+        batched.family,
+        "call",
+        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
+    )
+    square, wide = edit_sample("square", width=32, height=32), edit_sample("wide", width=48, height=32)
+    images = batched.generate([square, square, wide], [1, 2, 3])
+    assert call_sizes == [2, 1]
+    assert [image.size for image in images] == [(128, 128), (128, 128), (160, 96)]
+    assert pixels(images[0]) != pixels(images[1])
+
+
+def test_qwen_image_edit_refuses_subject_edits(qwen_edit: DiffusersGenerator) -> None:
+    with pytest.raises(MigeBenchError, match="supports edit"):
+        qwen_edit.generate([insert_sample("insert")], [0])
+
+
+def test_qwen_plus_prompt_names_the_pictures_in_order() -> None:
+    assert qwen_plus_prompt("put <imagehere> into <IMAGEHERE>") == "put Picture 1 into Picture 2"
+
+
+def test_qwen_edit_plus_passes_the_placeholder_images_in_order(qwen_edit_plus: DiffusersGenerator) -> None:
+    request = qwen_edit_plus.family.prepare(insert_sample("insert"))
+    assert request.prompt == "Picture 1 with the cat of Picture 2 added"
+    assert [image.size for image in request.images] == [(48, 32), (32, 32)]
+    plain = qwen_edit_plus.family.prepare(edit_sample("plain", width=40, height=24))
+    assert (plain.prompt, [image.size for image in plain.images]) == ("make it red", [(40, 24)])
+
+
+def test_qwen_edit_plus_sizes_the_output_after_the_source_not_the_last_image(
+    qwen_edit_plus: DiffusersGenerator, small_qwen_area: None
+) -> None:
+    images = qwen_edit_plus.generate([insert_sample("insert"), edit_sample("square", width=32, height=32)], [0, 1])
+    # The pipeline alone would follow the last image (the 32x32 entity) and generate 128x128.
+    assert [image.size for image in images] == [(160, 96), (128, 128)]
+
+
+def test_qwen_edit_plus_same_seed_is_byte_identical_other_seeds_differ_and_batches_do_not_matter(
+    qwen_edit_plus: DiffusersGenerator, small_qwen_area: None
+) -> None:
+    target = edit_sample("target", width=32, height=32, seed=1)
+    alone, again, other = (qwen_edit_plus.generate([target], [seed])[0] for seed in (7, 7, 8))
+    batch = qwen_edit_plus.generate([insert_sample("b"), target, edit_sample("c", seed=3)], [5, 7, 9])
+    assert pixels(alone) == pixels(again) == pixels(batch[1])
+    assert pixels(alone) != pixels(other)
+    assert pixels(batch[2]) != pixels(alone)
+
+
+def test_qwen_edit_plus_refuses_subject_images_without_a_multimodal_prompt(qwen_edit_plus: DiffusersGenerator) -> None:
+    sample = Sample(
+        id="s",
+        kind="subject_edit",
+        inputs=ModelInputs(
+            prompt="add a cat", source_image=noise_image(8, 8, 0), subject_images=(noise_image(8, 8, 1),)
+        ),
+    )
+    with pytest.raises(MigeBenchError, match="multimodal prompt"):
+        qwen_edit_plus.generate([sample], [0])
+
+
+def test_qwen_presets_pin_true_cfg_and_record_the_output_size_rule(
+    qwen_image_edit_dir: Path, qwen_image_edit_plus_dir: Path
+) -> None:
+    edit = DiffusersGenerator(preset="qwen-image-edit", pretrained=str(qwen_image_edit_dir), **TWO_STEPS)
+    assert edit.settings["call_kwargs"] == {"num_inference_steps": 2, "true_cfg_scale": 4.0, "negative_prompt": " "}
+    assert "megapixel" in edit.settings["output_size"]
+    plus = DiffusersGenerator(preset="qwen-image-edit-plus", pretrained=str(qwen_image_edit_plus_dir))
+    assert plus.settings["call_kwargs"]["num_inference_steps"] == 40
+    assert plus.settings["task_kinds"] == ["edit", "subject_edit"]
+    with pytest.raises(MigeBenchError, match=r"no settable call argument.*height"):
+        DiffusersGenerator(pretrained=str(qwen_image_edit_plus_dir), height="64")
+
+
 # -- Loading, presets, registry ---------------------------------------------------------------------------------------
 
 
@@ -302,6 +447,11 @@ def test_preset_of_a_family_not_yet_supported_is_refused_before_any_download() -
     for name in unsupported:
         with pytest.raises(MigeBenchError, match="not supported by the diffusers model"):
             DiffusersGenerator(preset=name)
+
+
+def test_blip_diffusion_is_refused_with_the_library_incompatibility() -> None:
+    with pytest.raises(MigeBenchError, match=r"not supported.*transformers 5.*diffusers<=0\.33\.1"):
+        DiffusersGenerator(preset="blip-diffusion")
 
 
 def test_registry_points_at_the_generator() -> None:

@@ -1,0 +1,154 @@
+"""The ``mige`` model on the bundled demo task, with a tiny random MIGE pipeline saved to disk like converted weights.
+
+The pipeline is built here from the library's tiny sizes (the same recipe as ``tests/reference_model/mige_tiny.py``,
+which this folder cannot import) and loaded back through the adapter's own ``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import Unigram
+from transformers import PreTrainedTokenizerFast
+
+from mige_bench.errors import MigeBenchError
+from mige_bench.images import ImageRef
+from mige_bench.models.mige import MIGEGenerator, mige_request
+from mige_bench.runner import ExecutionOptions, GenerationRequest, run
+from mige_bench.sample import ModelInputs, Sample
+from reference_model import MULTIMODAL_ENCODER_SIZES, MIGEMultimodalEncoder, MIGETransformer2DModel
+from reference_model.pipeline_mige import MIGEPipeline
+
+STEPS = "3"
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(character, -3.0) for character in "abcdefghijklmnopqrstuvwxyz0123456789',-<>"]
+    tokenizer = Tokenizer(Unigram(pieces, unk_id=2))
+    tokenizer.normalizer = normalizers.Replace(" {2,}", " ")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A converted-pipeline folder of a tiny random MIGE (64x64 outputs)."""
+    torch.manual_seed(0)
+    encoder = MIGEMultimodalEncoder(**MULTIMODAL_ENCODER_SIZES["tiny"])
+    transformer = MIGETransformer2DModel(
+        input_size=8, hidden_size=32, depth=2, num_heads=4, caption_channels=encoder.config.t5_d_model
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    with torch.no_grad():  # library inits leave zero blocks (query tokens, FFM output) that would hide the images
+        for parameter in encoder.parameters():
+            parameter.normal_(0, 0.3)
+    folder = tmp_path_factory.mktemp("mige_weights")
+    MIGEPipeline(transformer, encoder, vae, _tiny_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+def _run(weights: Path, out: Path, batch_size: int, **model_args: str):
+    request = GenerationRequest(
+        task="demo", model="mige", model_args={"weights": str(weights), "steps": STEPS, **model_args}
+    )
+    return run(request, out, ExecutionOptions(batch_size=batch_size, progress=False), score=False)
+
+
+def _images(run_dir: Path) -> dict[str, np.ndarray]:
+    return {path.stem: np.asarray(Image.open(path)).astype(int) for path in sorted((run_dir / "images").glob("*.png"))}
+
+
+def test_demo_task_generates_every_image_deterministically_and_independent_of_batch_size(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    outcome = _run(tiny_weights, tmp_path / "bs4", batch_size=4)
+    assert outcome.failures == []
+    first = _images(tmp_path / "bs4")
+    assert len(first) == 6
+    assert {image.shape for image in first.values()} == {(64, 64, 3)}
+    assert len({image.tobytes() for image in first.values()}) == 6  # different prompts, sources and seeds
+
+    again = _images(_run(tiny_weights, tmp_path / "again", batch_size=4).run_dir)
+    assert all((again[name] == first[name]).all() for name in first)
+
+    # Batched and single DiT calls differ only by float reordering: at most one 8-bit level on rare pixels.
+    single = _images(_run(tiny_weights, tmp_path / "bs1", batch_size=1).run_dir)
+    for name in first:
+        difference = np.abs(single[name] - first[name])
+        assert difference.max() <= 1 and difference.mean() < 0.01, name
+
+
+def test_manifest_records_mige_settings(tiny_weights: Path, tmp_path: Path) -> None:
+    outcome = _run(tiny_weights, tmp_path / "run", batch_size=6, guidance="3.5")
+    settings = json.loads((outcome.run_dir / "manifest.json").read_text())["model"]["settings"]
+    assert settings["overrides"] == {"num_inference_steps": 3, "guidance_scale": 3.5}
+    assert settings["dtype"] == "fp32" and settings["noise"] == "per_image"
+    assert settings["task_defaults"]["edit"]["steps"] == 60
+
+
+def _sample(kind: str, **inputs) -> Sample:
+    return Sample(id="s0", kind=kind, inputs=ModelInputs(**inputs))
+
+
+def test_samples_of_each_kind_become_mige_instructions() -> None:
+    red = ImageRef.from_pil(Image.new("RGB", (20, 10), "red"), label="red")
+    blue = ImageRef.from_pil(Image.new("RGB", (10, 20), "blue"), label="blue")
+    subject = mige_request(
+        _sample(
+            "subject",
+            prompt="a dog in the jungle",
+            multimodal_prompt="a<imagehere>in the jungle",
+            subject_images=(red,),
+            placeholder_images=(red,),
+        )
+    )
+    assert subject["prompt"] == "a<imagehere>in the jungle" and subject["source"] is None
+    assert [image.size for image in subject["references"]] == [(20, 10)]
+    edit = mige_request(_sample("edit", prompt="make it night", source_image=blue, edit_type="global"))
+    assert (edit["prompt"], edit["edit_task"], edit["source"].size, edit["references"]) == (
+        "make it night", "global", (10, 20), []
+    )  # fmt: skip
+    subject_edit = mige_request(
+        _sample(
+            "subject_edit",
+            prompt="add a cup",
+            source_image=blue,
+            multimodal_prompt="add<imagehere>to<imagehere>",
+            placeholder_images=(red, blue),
+        )
+    )
+    assert [image.size for image in subject_edit["references"]] == [(20, 10), (10, 20)]
+    assert subject_edit["source"].size == (10, 20)
+    with pytest.raises(MigeBenchError, match="dreambench_mige"):
+        mige_request(_sample("subject", prompt="a dog", subject_images=(red,)))
+
+
+def test_missing_weights_name_the_release_files_and_the_convert_command(tmp_path: Path) -> None:
+    for weights in (str(tmp_path / "absent"), "EurekaTian/MIGE"):
+        with pytest.raises(MigeBenchError) as error:
+            MIGEGenerator(weights=weights)
+        message = str(error.value)
+        for expected in ("EurekaTian/MIGE", "model.pth", "t5-v1_1-xxl", "sd-vae-ft-ema", "mige-bench convert-mige"):
+            assert expected in message
+
+
+def test_bad_model_arguments_are_refused(tiny_weights: Path) -> None:
+    with pytest.raises(MigeBenchError, match="noise="):
+        MIGEGenerator(weights=str(tiny_weights), noise="shared")
+    with pytest.raises(MigeBenchError, match="steps="):
+        MIGEGenerator(weights=str(tiny_weights), steps="many")
