@@ -33,6 +33,8 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
+from reference_model.original_keys import remap_original_state_dict
+
 logger = logging.getLogger(__name__)
 
 # Named sizes; the keys double as CLI choices. "MIGE_XL_2" is the released model (EVA ViT-g/14 as BLIP-2 builds it,
@@ -653,31 +655,14 @@ def convert_original_encoder_state_dict(
     Raises:
         ValueError: Unmapped, duplicate, missing, untied or wrongly shaped keys.
     """
-    expected = encoder.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    problems = _tied_t5_embedding_problems(original_state_dict)
-    for key, tensor in original_state_dict.items():
-        if not is_original_encoder_key(key):
-            continue
-        try:
-            new_key = map_original_encoder_key(key)
-        except KeyError as error:
-            problems.append(str(error.args[0]))
-            continue
-        if new_key is None:
-            continue
-        if new_key not in expected:
-            problems.append(f"original key {key!r} maps to {new_key!r}, which the model does not have")
-        elif tuple(tensor.shape) != tuple(expected[new_key].shape):
-            problems.append(f"shape of {key!r} {tuple(tensor.shape)} != {new_key!r} {tuple(expected[new_key].shape)}")
-        if new_key in converted:
-            problems.append(f"two original keys map to {new_key!r}")
-        converted[new_key] = tensor
-    problems.extend(f"missing from the original state dict: {key!r}" for key in expected if key not in converted)
-    if problems:
-        raise ValueError(f"{len(problems)} multimodal-encoder key problem(s):\n  " + "\n  ".join(problems))
-    logger.debug("mapped %d original multimodal-encoder tensors", len(converted))
-    return converted
+    return remap_original_state_dict(
+        original_state_dict,
+        encoder.state_dict(),
+        belongs=is_original_encoder_key,
+        rename=map_original_encoder_key,
+        part="multimodal-encoder",
+        problems=_tied_t5_embedding_problems(original_state_dict),
+    )
 
 
 def _tied_t5_embedding_problems(original_state_dict: Mapping[str, torch.Tensor]) -> list[str]:

@@ -53,6 +53,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from reference_model.original_keys import remap_original_state_dict
+
 logger = logging.getLogger(__name__)
 
 # Named model sizes; the keys double as CLI choices. Other arguments keep their (inference) defaults.
@@ -477,26 +479,10 @@ def convert_original_transformer_state_dict(
     Raises:
         ValueError: Unmapped, duplicate, missing or wrongly shaped keys.
     """
-    expected = transformer.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    problems: list[str] = []
-    for key, tensor in original_state_dict.items():
-        if not is_original_transformer_key(key):
-            continue
-        try:
-            new_key = map_original_transformer_key(key)
-        except KeyError as error:
-            problems.append(str(error.args[0]))
-            continue
-        if new_key not in expected:
-            problems.append(f"original key {key!r} maps to {new_key!r}, which the model does not have")
-        elif tuple(tensor.shape) != tuple(expected[new_key].shape):
-            problems.append(f"shape of {key!r} {tuple(tensor.shape)} != {new_key!r} {tuple(expected[new_key].shape)}")
-        if new_key in converted:
-            problems.append(f"two original keys map to {new_key!r}")
-        converted[new_key] = tensor
-    problems.extend(f"missing from the original state dict: {key!r}" for key in expected if key not in converted)
-    if problems:
-        raise ValueError(f"{len(problems)} DiT key problem(s):\n  " + "\n  ".join(problems))
-    logger.debug("mapped %d original DiT tensors", len(converted))
-    return converted
+    return remap_original_state_dict(
+        original_state_dict,
+        transformer.state_dict(),
+        belongs=is_original_transformer_key,
+        rename=map_original_transformer_key,
+        part="DiT",
+    )
