@@ -15,10 +15,12 @@ Two layers sit between the metrics and the encoders of ``metrics/encoders.py``:
   were computed before, and images the runner announced ahead (:meth:`ImageFeatures.prefetch`) are decoded and
   cropped in worker processes while the encoders run on the previous chunk.
 
-Identical pixels always get bit-identical features within a process, and across processes through the cache: CPU
-matrix kernels round differently with the batch size (~5e-8 on CLIP features), which is harmless for CLIP-I / DINO but
-turns the undefined direction of CLIP-dir for an output equal to its source into noise instead of 0. So features are
-also remembered by a digest of the cropped pixels the network sees, stored with each cache entry.
+Identical pixels always get bit-identical features within a process, and across processes through the cache: they
+are remembered by a digest of the cropped pixels the network sees, stored with each cache entry. The transformers
+encoders already compute each image's feature independently of its batch companions on CPU (see
+``HfClipEncoder._embed_pixels``), so caching, chunking and resuming never move a score there; the digest keeps that
+promise for identical images where kernels are not batch-invariant (open_clip's projection, GPU GEMMs). Without it,
+CLIP-dir of an output equal to its source — an undefined direction, scored 0 — would become rounding noise.
 
 Output images are not written to the disk cache: each checkpoint's outputs are new, and hashing them would cost more
 than it saves.

@@ -254,7 +254,11 @@ class HfClipEncoder(ClipEncoder):
         self.context_length = model.config.text_config.max_position_embeddings
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _projected_embedding(self.model.get_image_features(pixel_values=pixels))
+        # ``get_image_features`` step by step, with the projection applied one row at a time: CPU GEMM kernels round
+        # the [N, hidden] x [hidden, D] product differently with N (1e-6 on ViT-B/32), which would make an image's
+        # feature depend on the images batched with it; the transformer body does not (its GEMMs have N x tokens rows).
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output  # [N, hidden], post-LayerNorm CLS
+        return torch.cat([self.model.visual_projection(row) for row in pooled.split(1)])  # [N, D]
 
     def _token_counts(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mige_bench import run_folder as rf
 from mige_bench.images import ImageRef
@@ -21,6 +22,7 @@ from mige_bench.runner import (
     score_images,
     task_from_manifest,
 )
+from tests.metrics.builders import noise_image
 
 NOISE = "tests.harness.test_runner:NoiseGenerator"
 OPTIONS = ExecutionOptions(progress=False, batch_size=4)
@@ -91,3 +93,12 @@ def test_rescoring_an_interrupted_run_with_a_warm_cache_keeps_numbers_within_tol
     warm_lines = score(run_dir, warm, decode_workers=1)
     for cold_line, warm_line in zip(cold_lines, warm_lines, strict=True):
         assert warm_line["scores"] == pytest.approx(cold_line["scores"], abs=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["clip", "dino"])
+def test_a_feature_does_not_depend_on_the_images_batched_with_it(backbone: str) -> None:
+    encoder = getattr(Backbones.smoke(), backbone)
+    images = [noise_image(seed, 70, 90) for seed in range(9)]
+    alone = encoder.encode_images(images[:1])
+    in_batch = encoder.encode_images([*images[1:5], images[0], *images[5:]])
+    assert torch.equal(in_batch[4], alone[0])  # bit for bit: caching and resuming can never move a score
