@@ -56,6 +56,15 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed to torch as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_out(task_id: str, model: str) -> Path:
     """``runs/<task id>/<model>``, with characters unsafe in folder names replaced."""
     safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in task_id)
@@ -63,8 +72,13 @@ def default_out(task_id: str, model: str) -> Path:
 
 
 def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=4, help="images per model call / per scoring chunk (4)")
-    parser.add_argument("--device", default="cpu", help="torch device for the model and the metric backbones (cpu)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call (4)")
+    parser.add_argument(
+        "--score-batch-size", type=int, default=32, help="output images per scoring chunk / encoder batch (32)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="torch device for the model and the metric backbones (auto: cuda if present)"
+    )
     parser.add_argument(
         "--backbone",
         action="append",
@@ -269,11 +283,12 @@ def command_score(args: argparse.Namespace) -> None:
 
 
 def _execution_options(args: argparse.Namespace, options_class: type, **extra: Any) -> Any:
-    if args.batch_size < 1:
-        raise MigeBenchError("--batch-size must be at least 1.")
+    if args.batch_size < 1 or args.score_batch_size < 1:
+        raise MigeBenchError("--batch-size and --score-batch-size must be at least 1.")
     return options_class(
         batch_size=args.batch_size,
-        device=args.device,
+        score_batch_size=args.score_batch_size,
+        device=resolve_device(args.device),
         allow_failures=args.allow_failures,
         progress=not args.no_progress,
         **extra,

@@ -67,6 +67,9 @@ class ExecutionOptions:
     """How to run: settings that cannot change a number, so they are not part of the manifest identity."""
 
     batch_size: int = 4
+    """Images per model call."""
+    score_batch_size: int = 32
+    """Output images per scoring chunk (encoder batches; one scores.jsonl flush per chunk)."""
     device: str = "cpu"
     overwrite: bool = False
     allow_failures: int = 0
@@ -394,8 +397,8 @@ def score_images(
     """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
 
     Lines from an earlier, interrupted pass with the same scoring configuration are kept; the rest are computed in
-    chunks of ``batch_size`` images and appended as they finish. Samples in ``failures.jsonl`` are not scored (they
-    are counted in the results); any other missing image is an error naming every missing file.
+    chunks of ``score_batch_size`` images and appended as they finish. Samples in ``failures.jsonl`` are not scored
+    (they are counted in the results); any other missing image is an error naming every missing file.
 
     Each chunk's images go through each encoder once, in batches, however many metrics use them; images are decoded
     and cropped in ``decode_workers`` processes (default: one per core, at most :data:`MAX_DECODE_WORKERS`) one chunk
@@ -432,7 +435,7 @@ def score_images(
         )
 
     metrics = build_metrics(task, backbones)
-    chunk_size = max(1, options.batch_size)
+    chunk_size = max(1, options.score_batch_size)
     chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
     workers = min(MAX_DECODE_WORKERS, os.cpu_count() or 1) if decode_workers is None else decode_workers
     features = backbones.features
@@ -466,15 +469,9 @@ def _image_requests(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[
     return [
         request
         for metric in metrics.values()
-        if _accepts_image_refs(metric)
-        for request in metric.image_requests(refs, chunk_samples)  # type: ignore[attr-defined]
+        if metric.accepts_image_refs
+        for request in metric.image_requests(refs, chunk_samples)
     ]
-
-
-def _accepts_image_refs(metric: Metric) -> bool:
-    """Metrics that take output files (``ImageRef``) instead of decoded images and announce what they encode
-    (``image_requests``): their outputs are decoded in worker processes, and only once per chunk per backbone."""
-    return bool(getattr(metric, "accepts_image_refs", False))
 
 
 def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric], key: str) -> list[dict]:
@@ -496,7 +493,7 @@ def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str
     counters: dict[str, dict[str, int]] = {}
     for column, metric in metrics.items():
         before = Counter(metric.counters)
-        if _accepts_image_refs(metric):
+        if metric.accepts_image_refs:
             values = metric.score(output_refs, chunk_samples)
         else:
             decoded = decoded or [output.open() for output in output_refs]

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -39,9 +39,17 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool]
     backbones_used: ClassVar[tuple[str, ...]] = ()
     """Backbones (``clip``, ``dino``, ``lpips``) this metric loads, checked before any work starts."""
+    accepts_image_refs: ClassVar[bool] = False
+    """When ``True``, ``score`` receives the output files (``ImageRef``) rather than decoded images, and
+    :meth:`image_requests` announces what it will encode, so the runner decodes in worker processes and encodes each
+    image once per backbone however many metrics use it."""
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
+
+    def image_requests(self, outputs: Sequence[Any], samples: Sequence[Sample]) -> list[Any]:
+        """The encoder inputs ``score`` will need for these outputs (only for ``accepts_image_refs`` metrics)."""
+        return []
 
     @abstractmethod
     def score(self, outputs: Sequence[Image.Image], samples: Sequence[Sample]) -> list[Score]:

@@ -42,7 +42,10 @@ def test_score_an_image_folder(tmp_path, capsys):
     [
         (["run", "--task", "dmeo", "--model", "identity"], "Unknown task 'dmeo'"),
         (["run", "--task", "demo", "--model", "identty"], "Unknown model 'identty'. Did you mean 'identity'?"),
-        (["run", "--task", "demo", "--model", "identity", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (
+            ["run", "--task", "demo", "--model", "identity", "--batch-size", "0"],
+            "--batch-size and --score-batch-size must be at least 1",
+        ),
         (["run", "--task", "demo", "--model", "identity", "--backbone", "clap=x"], "expected clip=..., dino=..."),
         (["score", "/definitely/not/a/run"], "is not a run folder"),
     ],

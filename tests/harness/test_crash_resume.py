@@ -40,7 +40,8 @@ IMAGES_PER_SAMPLE = 6  # 36 images on the demo task
 def _command(out: Path) -> list[str]:
     return [
         sys.executable, "-m", "mige_bench", "run", "--task", "demo", "--model", "crash_plugin:SlowNoise",
-        "--images-per-sample", str(IMAGES_PER_SAMPLE), "--batch-size", "2", "--out", str(out), "--no-progress",
+        "--images-per-sample", str(IMAGES_PER_SAMPLE), "--batch-size", "2", "--score-batch-size", "2",
+        "--out", str(out), "--no-progress",
     ]  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from mige_bench.runner import (
 from tests.metrics.builders import noise_image
 
 NOISE = "tests.harness.test_runner:NoiseGenerator"
-OPTIONS = ExecutionOptions(progress=False, batch_size=4)
+OPTIONS = ExecutionOptions(progress=False, batch_size=4, score_batch_size=4)
 
 
 def generate(out: Path, seed: int) -> Path:
