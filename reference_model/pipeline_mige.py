@@ -245,6 +245,10 @@ class MIGEPipeline(DiffusionPipeline):
             initial_noise,
             settings,
         ).latents  # [B, 4, h, w] float32
+        if not torch.isfinite(latents).all():
+            # bf16 overflow or broken weights: decoding would hide it as a black or noise image that still scores.
+            bad = (~torch.isfinite(latents)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise FloatingPointError(f"sampling produced NaN or infinite latents for batch row(s) {bad}")
 
         # 7. Decode latents / 0.18215 with the VAE, one image at a time, and quantise like save_image.
         if output_type == "latent":

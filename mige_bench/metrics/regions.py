@@ -7,8 +7,10 @@ scores), and a ``region`` binding (task YAML) with one of :data:`REGIONS`:
 - ``full`` — the output and the reference as they are.
 - ``mask_crop`` — entity-level scores of MIGEBench (PROTOCOLS.md §2): the output is blackened outside the benchmark's
   ground-truth mask (``references["mask"]``, white = region) and cropped to the mask's bounding box; the reference
-  entity image (already on a black background) is used as is. This is the deterministic default extractor; MIGE
-  itself finds the entity with GroundingDINO + SAM on the output, which needs extra models.
+  entity image (already on a black background) is used as is. This is the deterministic default extractor.
+- ``detected_entity`` — MIGE's own extractor (``dino`` / ``clip_i`` only): the entity is found in the output with
+  GroundingDINO + SAM (extra models; see ``metrics/entity_extractor.py``), blackened outside SAM's mask and cropped
+  to the detected box; the whole output, counted in ``counters["entity_not_detected"]``, when nothing is detected.
 - ``outside_mask`` — background preservation: the output, resized to the reference's size (bicubic), and the
   reference (the source image) compared only outside the mask.
 """
@@ -29,11 +31,12 @@ from mige_bench.metrics.base import Excluded
 from mige_bench.metrics.functional import resize_to_reference
 
 if TYPE_CHECKING:
+    from mige_bench.metrics.entity_extractor import DetectedEntity
     from mige_bench.sample import Sample
 
 logger = logging.getLogger(__name__)
 
-Region = Literal["full", "mask_crop", "outside_mask"]
+Region = Literal["full", "mask_crop", "outside_mask", "detected_entity"]
 REGIONS: tuple[str, ...] = get_args(Region)
 
 MASK_KEY = "mask"
@@ -184,21 +187,32 @@ class ImagePairing:
         metric: The metric's id, for error messages.
         against: References key of the image(s) the output is compared with.
         region: One of :data:`REGIONS`.
+        entity: The detector-based extractor, required by (and only used for) ``region: detected_entity``.
     """
 
     metric: str
     against: str
     region: Region = "full"
+    entity: DetectedEntity | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
             raise MigeBenchError(
                 f"metric {self.metric!r}: region {self.region!r} is not one of {', '.join(REGIONS)}; fix the task YAML."
             )
+        if self.region == "detected_entity" and self.entity is None:
+            raise MigeBenchError(
+                f"metric {self.metric!r}: region 'detected_entity' is available for dino and clip_i only; fix the "
+                "task YAML."
+            )
 
     def pairs(self, output: Image.Image, sample: Sample, opener: ImageOpener) -> list[RegionPair] | Excluded:
         """One :class:`RegionPair` per reference image of ``sample``, or the reason the sample is excluded."""
         references = [opener(image) for image in reference_images(sample, self.against, self.metric)]
+        if self.region == "detected_entity":
+            assert self.entity is not None  # checked in __post_init__
+            entity = self.entity.extract(output, sample, self.metric)
+            return [RegionPair(entity, reference) for reference in references]
         mask = None
         if self.region != "full":
             mask = ground_truth_mask(sample, self.metric, opener)

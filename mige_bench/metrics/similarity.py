@@ -18,6 +18,7 @@ from mige_bench.metrics import functional
 from mige_bench.metrics.base import Excluded, Metric, Score
 from mige_bench.metrics.embedding_cache import FeatureBatch, ImageRequest
 from mige_bench.metrics.encoders import CROP_ROUNDINGS, CropRounding
+from mige_bench.metrics.entity_extractor import detected_entity_binding
 from mige_bench.metrics.regions import (
     ImageOpener,
     ImagePairing,
@@ -56,8 +57,10 @@ class _ImageSimilarity(Metric):
     them with ``Backbones.ensure_available`` before generating.
 
     Binding (task YAML): ``against: <references key>`` (an image, or a tuple of images → mean of per-reference
-    cosines); ``region: full | mask_crop | outside_mask`` (see ``metrics/regions.py``; default ``full``);
-    ``crop_rounding: hf | torchvision`` (PROTOCOLS.md trap 11; default ``hf``, as MIGE's code).
+    cosines); ``region: full | mask_crop | outside_mask | detected_entity`` (see ``metrics/regions.py``; default
+    ``full``); with ``detected_entity``, optional ``detector`` and ``segmenter`` (hub id or folder; see
+    ``metrics/entity_extractor.py``); ``crop_rounding: hf | torchvision`` (PROTOCOLS.md trap 11; default ``hf``, as
+    MIGE's code).
     """
 
     higher_is_better: ClassVar[bool] = True
@@ -66,12 +69,20 @@ class _ImageSimilarity(Metric):
     runner then decodes outputs in worker processes, and features shared between metrics are computed once."""
 
     def __init__(
-        self, backbones: Backbones, *, against: str, region: Region = "full", crop_rounding: CropRounding = "hf"
+        self,
+        backbones: Backbones,
+        *,
+        against: str,
+        region: Region = "full",
+        crop_rounding: CropRounding = "hf",
+        detector: str | None = None,
+        segmenter: str | None = None,
     ) -> None:
         super().__init__()
         _check_crop_rounding(self.name, crop_rounding)
         self.backbones = backbones
-        self.pairing = ImagePairing(self.name, against, region)
+        entity = detected_entity_binding(self.name, region, backbones, self.counters, detector, segmenter)
+        self.pairing = ImagePairing(self.name, against, region, entity)
         self.crop_rounding = crop_rounding
 
     def image_requests(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[ImageRequest]:

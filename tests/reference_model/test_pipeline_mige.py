@@ -311,3 +311,18 @@ def test_inconsistent_inputs_are_refused(pipe, images, kwargs: dict, message: st
         kwargs["reference_images"] = [images[0]]
     with pytest.raises(ValueError, match=message):
         pipe("make it red", num_inference_steps=2, **kwargs)
+
+
+def test_non_finite_latents_fail_loudly_instead_of_decoding_to_a_plausible_image(pipe, images, monkeypatch) -> None:
+    import reference_model.pipeline_mige as pipeline_module
+
+    real_sampler = pipeline_module.sample_mige_latents
+
+    def poisoned(*args, **kwargs):
+        output = real_sampler(*args, **kwargs)
+        output.latents[0, 0, 0, 0] = float("nan")
+        return output
+
+    monkeypatch.setattr(pipeline_module, "sample_mige_latents", poisoned)
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite latents for batch row\(s\) \[0\]"):
+        pipe("make it red", "edit", source_image=images[0], num_inference_steps=2)
