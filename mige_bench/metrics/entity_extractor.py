@@ -337,6 +337,7 @@ class DetectedEntity:
         self.counters = counters
         self.detector = detector
         self.segmenter = segmenter
+        self._extractor: EntityExtractor | None = None
 
     def extract(self, output: Image.Image, sample: Sample, metric: str) -> Image.Image:
         """The entity found in ``output`` for the sample's query, or the whole output (counted) when none is."""
@@ -346,7 +347,9 @@ class DetectedEntity:
                 f"sample {sample.id}: metric {metric!r} with region 'detected_entity' needs the detector query in "
                 f"metadata key {QUERY_KEY!r}, which the sample lacks; this region is for MIGEBench tasks."
             )
-        entity = load_extractor(self.detector, self.segmenter, self.backbones).extract(output, query)
+        if self._extractor is None:
+            self._extractor = load_extractor(self.detector, self.segmenter, self.backbones)
+        entity = self._extractor.extract(output, query)
         if entity is None:
             self.counters[NOT_DETECTED] += 1
             return output
