@@ -189,7 +189,7 @@ def resolve(name: str, spec: str, home: Path, allow_download: bool = False) -> W
         return _resolve_hub_id(name, spec, home, allow_download)
     raise MigeBenchError(
         f"{name} backbone {spec!r} is neither an existing folder or file nor a Hugging Face id like "
-        f"{DEFAULT_SPEC[name]!r}; fix the path."
+        f"{DEFAULT_SPEC.get(name, 'organisation/model')!r}; fix the path."
     )
 
 

@@ -1,7 +1,7 @@
 """The ``mige`` model on the bundled demo task, with a tiny random MIGE pipeline saved to disk like converted weights.
 
-The pipeline is built here from the library's tiny sizes (the same recipe as ``tests/reference_model/mige_tiny.py``,
-which this folder cannot import) and loaded back through the adapter's own ``from_pretrained`` path.
+The pipeline comes from the shared test builder ``tests/support/mige_tiny.py`` and is loaded back through the
+adapter's own ``from_pretrained`` path.
 """
 
 from __future__ import annotations
@@ -11,54 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKL
+from mige_tiny import tiny_pipeline
 from PIL import Image
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import Unigram
-from transformers import PreTrainedTokenizerFast
 
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
 from mige_bench.models.mige import MIGEGenerator, mige_request
 from mige_bench.runner import ExecutionOptions, GenerationRequest, run
 from mige_bench.sample import ModelInputs, Sample
-from reference_model import MULTIMODAL_ENCODER_SIZES, MIGEMultimodalEncoder, MIGETransformer2DModel
-from reference_model.pipeline_mige import MIGEPipeline
 
 STEPS = "3"
-
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(character, -3.0) for character in "abcdefghijklmnopqrstuvwxyz0123456789',-<>"]
-    tokenizer = Tokenizer(Unigram(pieces, unk_id=2))
-    tokenizer.normalizer = normalizers.Replace(" {2,}", " ")
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """A converted-pipeline folder of a tiny random MIGE (64x64 outputs)."""
-    torch.manual_seed(0)
-    encoder = MIGEMultimodalEncoder(**MULTIMODAL_ENCODER_SIZES["tiny"])
-    transformer = MIGETransformer2DModel(
-        input_size=8, hidden_size=32, depth=2, num_heads=4, caption_channels=encoder.config.t5_d_model
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-    )
-    with torch.no_grad():  # library inits leave zero blocks (query tokens, FFM output) that would hide the images
-        for parameter in encoder.parameters():
-            parameter.normal_(0, 0.3)
     folder = tmp_path_factory.mktemp("mige_weights")
-    MIGEPipeline(transformer, encoder, vae, _tiny_tokenizer()).save_pretrained(folder)
+    tiny_pipeline(seed=0).save_pretrained(folder)
     return folder
 
 
