@@ -67,6 +67,7 @@ class Provenance(TypedDict):
     python: str  # interpreter version
     platform: str  # OS and machine
     backbones: dict[str, Any]  # per backbone: spec, resolved path, weight hash, preprocessing, comparable
+    metric_models: dict[str, Any]  # per score column, models beyond the backbones (e.g. entity detector hashes)
     device: str  # device scoring ran on
     created_at: str  # UTC timestamp of this results file
     timings: dict[str, float]  # wall seconds per stage ("generate", "score")
@@ -181,6 +182,7 @@ def build_results(
     device: str,
     timings: Mapping[str, float],
     scored_sample_count: int,
+    metric_provenance: Mapping[str, Any] | None = None,
 ) -> ResultsFile:
     """Assembles the results file (see :class:`ResultsFile` for every key)."""
     task = manifest["task"]
@@ -220,6 +222,7 @@ def build_results(
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "backbones": dict(backbone_provenance),
+            "metric_models": dict(metric_provenance or {}),
             "device": device,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "timings": dict(timings),

@@ -365,10 +365,15 @@ def _definition_as_yaml(definition: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in raw.items() if value is not None}
 
 
-def scoring_key(task: Task, backbone_provenance: Mapping[str, Any]) -> str:
+def scoring_key(task: Task, backbone_provenance: Mapping[str, Any], metric_provenance: Mapping[str, Any]) -> str:
     """Identifies a scoring configuration: score lines made under another one are never reused."""
-    payload = {"metrics": task.definition()["metrics"], "backbones": backbone_provenance}
+    payload = {"metrics": task.definition()["metrics"], "backbones": backbone_provenance, "extra": metric_provenance}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def metric_provenance(metrics: Mapping[str, Metric]) -> dict[str, Any]:
+    """Per score column, what its metric uses beyond the shared backbones (only columns that use something)."""
+    return {column: record for column, metric in metrics.items() if (record := metric.provenance())}
 
 
 def build_metrics(task: Task, backbones: Any) -> dict[str, Metric]:
@@ -393,6 +398,7 @@ def score_images(
     backbones: Any,
     options: ExecutionOptions,
     decode_workers: int | None = None,
+    metrics: Mapping[str, Metric] | None = None,
 ) -> list[dict[str, Any]]:
     """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
 
@@ -404,7 +410,8 @@ def score_images(
     and cropped in ``decode_workers`` processes (default: one per core, at most :data:`MAX_DECODE_WORKERS`) one chunk
     ahead, and reference embeddings come from the backbones' embedding cache when they were computed before.
     """
-    key = scoring_key(task, backbones.provenance())
+    metrics = metrics if metrics is not None else build_metrics(task, backbones)
+    key = scoring_key(task, backbones.provenance(), metric_provenance(metrics))
     scores_path = run_dir / rf.SCORES
     previous = rf.read_jsonl(scores_path)
     kept = [line for line in previous if line.get("scoring_key") == key]
@@ -434,7 +441,6 @@ def score_images(
             "or score a complete folder."
         )
 
-    metrics = build_metrics(task, backbones)
     chunk_size = max(1, options.score_batch_size)
     chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
     workers = min(MAX_DECODE_WORKERS, os.cpu_count() or 1) if decode_workers is None else decode_workers
@@ -577,6 +583,8 @@ def run(
     samples = load_samples(task, request.data_root, request.limit)
     # Missing metric weights fail here, before hours of generation, with the full list of what to download.
     scoring_backbones = prepare_backbones(task, backbones or {}, options.device) if score else None
+    # Building the metrics resolves any extra weights they need (e.g. an entity detector), so those fail early too.
+    scoring_metrics = build_metrics(task, scoring_backbones) if score else None
     generator = build_generator(request.model, request.model_args, options.device)
     manifest = build_manifest(task, request, generator, samples)
     to_generate = samples if options.shard is None else shard_samples(samples, options.shard)
@@ -590,7 +598,7 @@ def run(
         return outcome
     if score:
         with rf.run_lock(out):
-            outcome = _score_locked(out, task, samples, manifest, scoring_backbones, options)
+            outcome = _score_locked(out, task, samples, manifest, scoring_backbones, options, scoring_metrics)
     _check_failures(outcome.failures, options.allow_failures, out)
     return outcome
 
@@ -666,12 +674,14 @@ def _score_locked(
     manifest: Mapping[str, Any],
     backbones: Any,
     options: ExecutionOptions,
+    metrics: Mapping[str, Metric] | None = None,
 ) -> RunOutcome:
     # Loaded before the scoring key is computed, so the key holds the weight hashes: new weights under the same
     # hub id never reuse old score lines.
     backbones.load(_backbones_used(task))
     started = time.perf_counter()
-    lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options)
+    metrics = metrics if metrics is not None else build_metrics(task, backbones)
+    lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options, metrics=metrics)
     _record_timing(run_dir, "score", time.perf_counter() - started)
     timings = rf.read_all_timings(run_dir)
     failures = rf.read_all_failures(run_dir)
@@ -681,6 +691,7 @@ def _score_locked(
         failures=failures,
         metric_classes={c: resolve("metric", b.metric, METRICS) for c, b in task.metrics.items()},
         backbone_provenance=backbones.provenance(),
+        metric_provenance=metric_provenance(metrics),
         comparable=backbones.comparable,
         device=options.device,
         timings=timings,

@@ -47,6 +47,11 @@ class Metric(ABC):
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
 
+    def provenance(self) -> dict[str, Any]:
+        """Models or settings this metric uses beyond the shared backbones (e.g. an entity detector's weight hashes);
+        recorded in ``results.json`` and part of the scoring key. Empty by default."""
+        return {}
+
     def image_requests(self, outputs: Sequence[Any], samples: Sequence[Sample]) -> list[Any]:
         """The encoder inputs ``score`` will need for these outputs (only for ``accepts_image_refs`` metrics)."""
         return []

@@ -339,6 +339,12 @@ class DetectedEntity:
         self.segmenter = segmenter
         self._extractor: EntityExtractor | None = None
 
+    def provenance(self) -> dict[str, Any]:
+        """Ids, weight hashes and thresholds of the detector and segmenter (loads them if not loaded yet)."""
+        if self._extractor is None:
+            self._extractor = load_extractor(self.detector, self.segmenter, self.backbones)
+        return dict(self._extractor.provenance)
+
     def extract(self, output: Image.Image, sample: Sample, metric: str) -> Image.Image:
         """The entity found in ``output`` for the sample's query, or the whole output (counted) when none is."""
         query = sample.metadata.get(QUERY_KEY)

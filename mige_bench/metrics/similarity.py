@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
@@ -84,6 +84,10 @@ class _ImageSimilarity(Metric):
         entity = detected_entity_binding(self.name, region, backbones, self.counters, detector, segmenter)
         self.pairing = ImagePairing(self.name, against, region, entity)
         self.crop_rounding = crop_rounding
+
+    def provenance(self) -> dict[str, Any]:
+        entity = self.pairing.entity
+        return {"entity_extractor": entity.provenance()} if entity is not None else {}
 
     def image_requests(self, outputs: Sequence[OutputImage], samples: Sequence[Sample]) -> list[ImageRequest]:
         """The images :meth:`score` will encode, announced so the runner can prepare them ahead (outputs given as

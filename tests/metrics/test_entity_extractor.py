@@ -409,3 +409,6 @@ def test_migebench_entity_scores_run_end_to_end_with_detected_entity(
     weight_file = Path(weights["detector"]) / "model.safetensors"
     assert provenance["detector"]["weight_sha256"] == hashlib.sha256(weight_file.read_bytes()).hexdigest()
     assert (provenance["box_threshold"], provenance["text_threshold"]) == (box_threshold, 0.25)
+    # The metric reports the same record, which the runner writes into results.json and the scoring key.
+    assert metric.provenance() == {"entity_extractor": provenance}
+    assert DinoSimilarity(smoke_backbones, against="entity_image").provenance() == {}
