@@ -300,7 +300,8 @@ def command_ls(args: argparse.Namespace) -> None:
         from mige_bench.task import available_tasks
 
         for task_id, task in available_tasks().items():
-            print(f"{task_id:40s} v{task.version}  {task.kind:12s} {task.description}")
+            summary = task.description.split(". ")[0].rstrip(".")  # the first sentence; the YAML has the rest
+            print(f"{task_id:34s} v{task.version}  {task.kind:12s} {summary}")
     elif args.what == "models":
         from mige_bench.models import MODELS
         from mige_bench.models.diffusers_pipeline import FAMILIES, PRESETS
