@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mige_bench.errors import MigeBenchError
+from mige_bench.run_folder import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -140,14 +140,6 @@ def save_png_atomic(image: Image.Image, path: Path) -> None:
 
     The PNG is written without timestamps or other metadata, so the same pixels always give the same bytes.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())

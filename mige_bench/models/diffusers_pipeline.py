@@ -24,7 +24,7 @@ import logging
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -218,12 +218,14 @@ class PreparedInput:
         source: The sample's source image as given, or ``None`` (its presence selects the preset's editing
             settings; some families size the output after it).
         group_key: Requests with equal keys may share one pipeline call; ``None`` runs the request alone.
+        subject_category: The subject's class noun, for families that take it as a separate input.
     """
 
     prompt: str
     images: tuple[Image.Image, ...]
     source: Image.Image | None
     group_key: Hashable | None
+    subject_category: str | None = None
 
 
 class PipelineFamily(ABC):
@@ -244,6 +246,11 @@ class PipelineFamily(ABC):
                 f"{self.pipeline_class} cannot run sample {sample.id} of kind {sample.kind!r}: it supports "
                 f"{', '.join(self.task_kinds)}; pick a task of those kinds or another model."
             )
+
+    @classmethod
+    def load(cls, pipeline_class: Any, source: str, dtype: torch.dtype) -> Any:
+        """Loads the pipeline from a hub id or a local folder; missing weights raise ``OSError`` subclasses."""
+        return pipeline_class.from_pretrained(source, torch_dtype=dtype)
 
     @abstractmethod
     def prepare(self, sample: Sample) -> PreparedInput:
@@ -498,6 +505,71 @@ def qwen_plus_prompt(multimodal_prompt: str) -> str:
     return _number_placeholders(multimodal_prompt, QWEN_PICTURE_NAME)
 
 
+class BlipDiffusionFamily(PipelineFamily):
+    """Subject image + subject category + the text around the subject, in BLIP-Diffusion's own prompt format.
+
+    The pipeline writes its prompt itself as ``"a <target category> <text>"`` (repeated 20 times) and embeds the
+    reference image in place of the category's context, so it wants the text *without* the subject: the sample's
+    plain prompt loses a leading ``"a <subject category>"`` (``"a dog in the jungle"`` -> ``"in the jungle"``). A
+    prompt that does not start that way (DreamBench's ``"a red dog"``, a ``"a sks dog ..."`` DreamBooth prompt) is
+    passed whole, so nothing the prompt asks for is dropped: ``"a dog a red dog"``. Reference image: the first subject
+    image; source and target categories: the sample's ``subject_category``. Outputs have the fixed call size, so with
+    ``batch_calls=1`` any requests share a call. Loaded through :mod:`mige_bench.models.blip_diffusion_compat`, which
+    makes the deprecated pipeline run with transformers 5.
+    """
+
+    pipeline_class = "BlipDiffusionPipeline"
+    task_kinds = ("subject",)
+    input_arguments = ("prompt", "reference_image", "source_subject_category", "target_subject_category", "generator")
+
+    @classmethod
+    def load(cls, pipeline_class: Any, source: str, dtype: torch.dtype) -> Any:
+        """Builds the pipeline component by component from its folder (downloaded first for a hub id)."""
+        from huggingface_hub import snapshot_download
+
+        from mige_bench.models.blip_diffusion_compat import load_blip_diffusion
+
+        folder = Path(source) if Path(source).exists() else Path(snapshot_download(source))
+        return load_blip_diffusion(folder, dtype)
+
+    def check(self, sample: Sample) -> None:
+        super().check(sample)
+        if sample.inputs.subject_category is None or not sample.inputs.subject_images:
+            raise MigeBenchError(
+                f"BLIP-Diffusion needs a subject image and the subject's category (class noun) and sample {sample.id} "
+                "lacks one; use a task whose loader sets subject_category (DreamBench)."
+            )
+
+    def prepare(self, sample: Sample) -> PreparedInput:
+        inputs = sample.inputs
+        category = str(inputs.subject_category)
+        text = blip_diffusion_text(inputs.prompt, category)
+        # Every reference is resized to the Q-Former's input and every output has the call's size: one shared key.
+        return PreparedInput(
+            text, (inputs.subject_images[0].open(),), None, group_key=self.pipeline_class, subject_category=category
+        )
+
+    def call(
+        self, pipe: Any, batch: Sequence[PreparedInput], generators: list[torch.Generator], kwargs: dict[str, Any]
+    ) -> list[Image.Image]:
+        categories = [str(request.subject_category) for request in batch]
+        return pipe(
+            prompt=[request.prompt for request in batch],
+            reference_image=[request.images[0] for request in batch],
+            source_subject_category=categories,
+            target_subject_category=categories,
+            generator=generators,
+            **kwargs,
+        ).images
+
+
+def blip_diffusion_text(prompt: str, subject_category: str) -> str:
+    """The prompt without a leading ``"a/an <subject_category>"`` (case-insensitive), or whole when it has none."""
+    pattern = re.compile(rf"^\s*an?\s+{re.escape(subject_category.strip())}\b\s*", re.IGNORECASE)
+    stripped, count = pattern.subn("", prompt, count=1)
+    return stripped.strip() if count else prompt.strip()
+
+
 FAMILIES: dict[str, type[PipelineFamily]] = {
     family.pipeline_class: family
     for family in (
@@ -506,17 +578,9 @@ FAMILIES: dict[str, type[PipelineFamily]] = {
         FluxKontextFamily,
         QwenImageEditFamily,
         QwenImageEditPlusFamily,
+        BlipDiffusionFamily,
     )
 }
-
-BLOCKED_PIPELINES: dict[str, str] = {
-    "BlipDiffusionPipeline": "diffusers' BlipDiffusionPipeline (deprecated, frozen at diffusers 0.33.1) cannot run "
-    "with transformers 5: its Q-Former calls transformers' Blip2QFormerAttention with the v4 signature and relies on "
-    "invert_attention_mask/get_head_mask, which v5 removed; and since the pipeline moved to pipelines.deprecated, "
-    "from_pretrained cannot resolve its custom components (same cause as diffusers issue #14008). It needs an "
-    "environment with diffusers<=0.33.1 and transformers<5.",
-}
-"""Pipelines of preset baselines that cannot run with this project's pinned libraries, and why."""
 
 
 def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
@@ -638,16 +702,15 @@ class DiffusersGenerator(Generator):
     def _load(self, pipeline_name: str | None) -> Any:
         import diffusers
 
-        pipeline_class = diffusers.DiffusionPipeline
+        load, pipeline_class = PipelineFamily.load, diffusers.DiffusionPipeline
         if pipeline_name is not None:
             if pipeline_name not in FAMILIES:
-                blocked = BLOCKED_PIPELINES.get(pipeline_name)
                 raise MigeBenchError(
                     f"pipeline={pipeline_name!r} is not supported by the diffusers model; supported: "
-                    f"{', '.join(FAMILIES)}." + (f" Why: {blocked}" if blocked else "")
+                    f"{', '.join(FAMILIES)}."
                 )
-            pipeline_class = getattr(diffusers, pipeline_name)
-        pipe = self._from_pretrained(pipeline_class)
+            load, pipeline_class = FAMILIES[pipeline_name].load, getattr(diffusers, pipeline_name)
+        pipe = self._from_pretrained(load, pipeline_class)
         if type(pipe).__name__ not in FAMILIES:
             raise MigeBenchError(
                 f"{self.pretrained} holds a {type(pipe).__name__}, which the diffusers model does not support; "
@@ -665,7 +728,7 @@ class DiffusersGenerator(Generator):
         pipe.set_progress_bar_config(desc=type(pipe).__name__, leave=False)
         return pipe
 
-    def _from_pretrained(self, pipeline_class: Any) -> Any:
+    def _from_pretrained(self, load: Callable[[Any, str, torch.dtype], Any], pipeline_class: Any) -> Any:
         from huggingface_hub.errors import GatedRepoError
 
         local = Path(self.pretrained).expanduser()
@@ -676,7 +739,7 @@ class DiffusersGenerator(Generator):
             )
         source = str(local) if local.exists() else self.pretrained
         try:
-            return pipeline_class.from_pretrained(source, torch_dtype=DTYPES[self.dtype_name])
+            return load(pipeline_class, source, DTYPES[self.dtype_name])
         except GatedRepoError as error:
             raise MigeBenchError(self._missing_weights_message(gated=True)) from error
         except OSError as error:  # hub errors, missing files and offline mode all derive from OSError
