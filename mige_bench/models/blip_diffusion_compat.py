@@ -71,7 +71,7 @@ class Blip2QFormerModelV5(blip_diffusion.Blip2QFormerModel):
         config.qformer_config._attn_implementation = "eager"
 
     def invert_attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """v4 semantics: a 0/1 keep-mask of shape (B, S) or (B, T, S) -> additive (B, 1, 1 or T, S), masked = dtype min."""
+        """v4 semantics: a 0/1 keep-mask (B, S) or (B, T, S) -> additive (B, 1, 1 or T, S); masked = dtype min."""
         mask = mask[:, None, :, :] if mask.dim() == 3 else mask[:, None, None, :]
         mask = mask.to(self.dtype)
         return (1.0 - mask) * torch.finfo(self.dtype).min

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import logging
 import math
 import re
@@ -703,6 +704,8 @@ class DiffusersGenerator(Generator):
         import diffusers
 
         load, pipeline_class = PipelineFamily.load, diffusers.DiffusionPipeline
+        # A local folder names its pipeline: use the family's loader (BLIP-Diffusion cannot go through diffusers').
+        pipeline_name = pipeline_name or self._declared_pipeline()
         if pipeline_name is not None:
             if pipeline_name not in FAMILIES:
                 raise MigeBenchError(
@@ -727,6 +730,14 @@ class DiffusersGenerator(Generator):
             pipe.to(self.device)
         pipe.set_progress_bar_config(desc=type(pipe).__name__, leave=False)
         return pipe
+
+    def _declared_pipeline(self) -> str | None:
+        """The supported pipeline a local folder's ``model_index.json`` names, else ``None`` (diffusers decides)."""
+        index = Path(self.pretrained).expanduser() / "model_index.json"
+        if not index.is_file():
+            return None
+        declared = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        return declared if declared in FAMILIES else None
 
     def _from_pretrained(self, load: Callable[[Any, str, torch.dtype], Any], pipeline_class: Any) -> Any:
         from huggingface_hub.errors import GatedRepoError

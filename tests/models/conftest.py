@@ -14,20 +14,27 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderKLQwenImage,
+    BlipDiffusionPipeline,
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxKontextPipeline,
     FluxTransformer2DModel,
     OmniGenPipeline,
     OmniGenTransformer2DModel,
+    PNDMScheduler,
     QwenImageEditPipeline,
     QwenImageEditPlusPipeline,
     QwenImageTransformer2DModel,
     StableDiffusionInstructPix2PixPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.deprecated.blip_diffusion import Blip2QFormerModel, BlipImageProcessor, ContextCLIPTextModel
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
+    BertTokenizer,
+    Blip2Config,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -70,21 +77,33 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def tiny_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def tiny_clip_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     """One CLIP text layer of width 16 (its pooled output is 16-dimensional too)."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer.get_vocab()),
-            hidden_size=16,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            projection_dim=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=16,
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        projection_dim=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
+
+
+def tiny_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    return CLIPTextModel(tiny_clip_text_config(tokenizer))
+
+
+def tiny_bert_tokenizer_dir(folder: Path) -> Path:
+    """A character-level BERT tokenizer saved to ``folder``: BLIP-Diffusion's Q-Former loads its tokenizer by path
+    (``bert-base-uncased`` from the hub unless its config names another)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocabulary = folder / "vocab.txt"
+    vocabulary.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *LETTERS]) + "\n", encoding="utf-8")
+    BertTokenizer(vocab_file=str(vocabulary)).save_pretrained(folder)
+    return folder
 
 
 def tiny_vae(**config: object) -> AutoencoderKL:
@@ -315,4 +334,71 @@ def qwen_image_edit_plus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("qwen_image_edit_plus")
     tiny_qwen_edit_pipeline(QwenImageEditPlusPipeline).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def blip_diffusion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built with diffusers' own component classes, as the hub checkpoint was; the adapter loads it with its
+    transformers-5-compatible subclasses."""
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer()
+    bert_dir = tiny_bert_tokenizer_dir(tmp_path_factory.mktemp("bert_tokenizer"))
+    width = 16  # CLIP text, Q-Former and vision widths: the Q-Former's output replaces CLIP token embeddings
+    qformer_config = Blip2Config(
+        vision_config=Blip2VisionConfig(
+            hidden_size=width,
+            intermediate_size=width,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ).to_dict(),
+        qformer_config=Blip2QFormerConfig(
+            vocab_size=len(BertTokenizer.from_pretrained(bert_dir)) + 1,  # + the [DEC] token the Q-Former adds
+            hidden_size=width,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=width,
+            encoder_hidden_size=width,
+            max_position_embeddings=32,
+        ).to_dict(),
+        num_query_tokens=4,
+        tokenizer=str(bert_dir),
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=4,
+        cross_attention_dim=width,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    # The pipeline derives the latent size from the UNet's depth (2x here), so the VAE must downsample 2x too.
+    vae = AutoencoderKL(
+        block_out_channels=(4, 4),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=1,
+        sample_size=32,
+    )
+    pipe = BlipDiffusionPipeline(
+        tokenizer=tokenizer,
+        text_encoder=ContextCLIPTextModel(tiny_clip_text_config(tokenizer)),
+        vae=vae,
+        unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True),
+        qformer=Blip2QFormerModel(qformer_config),
+        image_processor=BlipImageProcessor(size={"height": 16, "width": 16}),
+        ctx_begin_pos=2,
+        mean=[0.48145466, 0.4578275, 0.40821073],
+        std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    folder = tmp_path_factory.mktemp("blip_diffusion")
+    pipe.save_pretrained(folder)
     return folder
