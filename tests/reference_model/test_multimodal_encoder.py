@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_golden_close
+from mige_tiny import randomize_
 
 from reference_model.multimodal_encoder import (
     MULTIMODAL_ENCODER_SIZES,
@@ -219,16 +220,7 @@ def _seeded_tiny_encoder(seed: int = 0) -> MIGEMultimodalEncoder:
     """The ``tiny`` size with weights drawn here (independent of library init code): N(0, 1/fan_in) matrices,
     N(0, 0.1) vectors, norm weights around 1."""
     encoder = MIGEMultimodalEncoder(**MULTIMODAL_ENCODER_SIZES["tiny"]).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in sorted(encoder.named_parameters()):
-            noise = torch.randn(parameter.shape, generator=generator)
-            if parameter.dim() >= 2:
-                parameter.copy_(noise / parameter[0].numel() ** 0.5)
-            elif "norm" in name.lower() or name.split(".")[-2].startswith("ln"):
-                parameter.copy_(1 + 0.1 * noise)
-            else:
-                parameter.copy_(0.1 * noise)
+    randomize_(encoder, seed)
     return encoder
 
 
