@@ -6,6 +6,7 @@ from reference_model.multimodal_encoder import (
     MultimodalConditioning,
     convert_original_encoder_state_dict,
 )
+from reference_model.original_rng import OriginalScriptsRNG
 from reference_model.scheduling_mige import (
     TASK_SAMPLING_DEFAULTS,
     DPMSolverPlusPlus2M,
@@ -30,6 +31,7 @@ __all__ = [
     "MIGEMultimodalEncoder",
     "MIGETransformer2DModel",
     "MultimodalConditioning",
+    "OriginalScriptsRNG",
     "SamplingSettings",
     "SegmentTokenizer",
     "convert_original_encoder_state_dict",

@@ -16,8 +16,10 @@ Differences from the scripts, all output-preserving or opt-out:
 * Conditioning, posterior sampling and decoding run one image at a time, so an image never depends on its batch.
 * Randomness is per image by default: each image's ``torch.Generator`` draws its references' posterior noise, then
   its source's, then its initial noise (all on CPU, so also device-independent). ``noise="original"`` draws as the
-  scripts do instead: posterior noise from the global CPU RNG and one initial-noise tensor per batch from the
-  device RNG (spec §3.1.3), which is what makes the original's outputs depend on batch size and position.
+  scripts do instead: posterior noise from one CPU stream in item order and one initial-noise tensor per batch from
+  the device RNG (spec §3.1.3), which is what makes the original's outputs depend on batch size and position. Pass
+  :meth:`OriginalScriptsRNG.seeded() <reference_model.original_rng.OriginalScriptsRNG.seeded>` to start both streams
+  exactly where the scripts' are.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from diffusers.utils import BaseOutput
 from transformers import PreTrainedTokenizerFast
 
 from reference_model.multimodal_encoder import MIGEMultimodalEncoder, MultimodalConditioning
+from reference_model.original_rng import OriginalScriptsRNG
 from reference_model.scheduling_mige import TASK_SAMPLING_DEFAULTS, SamplingSettings, sample_mige_latents
 from reference_model.text_processing import PromptKind, SegmentTokenizer, format_prompt
 from reference_model.transformer_mige import MIGETransformer2DModel
@@ -175,7 +178,7 @@ class MIGEPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         source_guidance_scale: float | None = None,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | OriginalScriptsRNG | None = None,
         noise: NoiseMode = "per_image",
         skip_unused_references: bool = True,
         output_type: OutputType = "pil",
@@ -195,7 +198,8 @@ class MIGEPipeline(DiffusionPipeline):
             guidance_scale: Instruction guidance ``s_y`` (default 7 subject, 5 editing).
             source_guidance_scale: Source guidance ``s_s`` for the editing kinds (default 1).
             generator: One CPU generator per prompt (or one for a single prompt); see the module docstring. With
-                ``noise="original"``: at most one generator on the execution device, for the batch's initial noise.
+                ``noise="original"``: an :class:`OriginalScriptsRNG` (posterior and initial-noise streams, advanced
+                by this call so consecutive batches continue them), or ``None`` for torch's global generators.
             noise: ``"per_image"`` (batch-independent) or ``"original"`` (the scripts' batch-coupled draws).
             skip_unused_references: Encode only the reference slots that a marker reads (output-identical).
             output_type: ``"pil"``, ``"np"`` (uint8 ``[B, H, W, 3]``) or ``"latent"``.
@@ -209,7 +213,7 @@ class MIGEPipeline(DiffusionPipeline):
         )
         batch = len(prompts)
         settings = self.sampling_settings(kind, num_inference_steps, guidance_scale, source_guidance_scale)
-        generators = self._per_image_generators(generator, batch, noise)
+        generators = self._posterior_generators(generator, batch, noise)
         device = self.transformer.device
 
         # 1. Format and tokenize the multimodal instructions: B × (markers + 1) token-id segments.
@@ -234,7 +238,11 @@ class MIGEPipeline(DiffusionPipeline):
 
         # 5. Initial noise z ~ N(0, I) [B, 4, h, w] float32.
         latent_shape = (self.transformer.config.in_channels, *reference_latents.shape[-2:])
-        initial_noise = self.prepare_initial_noise(batch, latent_shape, generators, generator, noise, device)
+        if noise == "original":
+            batch_generator = generator.initial_noise if isinstance(generator, OriginalScriptsRNG) else None
+            initial_noise = self.prepare_original_initial_noise(batch, latent_shape, batch_generator, device)
+        else:
+            initial_noise = self.prepare_initial_noise(latent_shape, generators, device)
 
         # 6. DPM-Solver++(2M) with MIGE's classifier-free guidance over the DiT.
         latents = sample_mige_latents(
@@ -395,23 +403,23 @@ class MIGEPipeline(DiffusionPipeline):
         return MultimodalConditioning(torch.cat(states), torch.cat(masks))
 
     def prepare_initial_noise(
+        self, latent_shape: tuple[int, int, int], generators: Sequence[torch.Generator], device: torch.device
+    ) -> torch.Tensor:
+        """Per-image ``z`` ``[B, 4, h, w]`` float32 on ``device``: row ``b`` drawn on CPU from image ``b``'s generator
+        (after its posterior noise)."""
+        rows = [torch.randn((1, *latent_shape), generator=g, dtype=torch.float32) for g in generators]
+        return torch.cat(rows).to(device)
+
+    def prepare_original_initial_noise(
         self,
         batch: int,
         latent_shape: tuple[int, int, int],
-        generators: Sequence[torch.Generator | None],
-        generator: torch.Generator | Sequence[torch.Generator] | None,
-        noise: NoiseMode,
+        generator: torch.Generator | None,
         device: torch.device,
     ) -> torch.Tensor:
-        """``z`` for the batch ``[B, 4, h, w]`` float32 on ``device``.
-
-        per_image: row ``b`` is drawn on CPU from image ``b``'s generator (after its posterior noise). original: one
-        ``randn(B, 4, h, w)`` on the device from ``generator`` or the device's global RNG, as the scripts draw it.
-        """
-        if noise == "original":
-            return torch.randn((batch, *latent_shape), generator=generator, device=device, dtype=torch.float32)
-        rows = [torch.randn((1, *latent_shape), generator=g, dtype=torch.float32) for g in generators]
-        return torch.cat(rows).to(device)
+        """The scripts' ``z``: one ``randn(B, 4, h, w)`` float32 on ``device`` per batch, from ``generator`` or the
+        device's global RNG, so row ``b`` depends on the batch size and the batches drawn before."""
+        return torch.randn((batch, *latent_shape), generator=generator, device=device, dtype=torch.float32)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``vae.decode(latents / 0.18215)`` → ``[N, 3, H, W]`` float32 in about ``[-1, 1]``."""
@@ -420,16 +428,24 @@ class MIGEPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ helpers
 
-    def _per_image_generators(
-        self, generator: torch.Generator | Sequence[torch.Generator] | None, batch: int, noise: NoiseMode
+    def _posterior_generators(
+        self,
+        generator: torch.Generator | Sequence[torch.Generator] | OriginalScriptsRNG | None,
+        batch: int,
+        noise: NoiseMode,
     ) -> list[torch.Generator | None]:
-        """Generators for the posterior noise: one per image, or ``None`` (global CPU RNG) in original mode."""
+        """Generators for the posterior noise, one per image: its own (per_image), or the one CPU stream of the
+        scripts (original; ``None`` = torch's global CPU RNG)."""
         if noise == "original":
-            if generator is not None and not isinstance(generator, torch.Generator):
-                raise ValueError("noise='original' takes at most one generator (on the device), for the batch noise")
-            return [None] * batch
+            if generator is None:
+                return [None] * batch
+            if not isinstance(generator, OriginalScriptsRNG):
+                raise ValueError("noise='original' takes an OriginalScriptsRNG (or None for the global generators)")
+            return [generator.posterior] * batch
         if noise != "per_image":
             raise ValueError(f"noise must be 'per_image' or 'original', got {noise!r}")
+        if isinstance(generator, OriginalScriptsRNG):
+            raise ValueError("an OriginalScriptsRNG replays the scripts' draws; pass it with noise='original'")
         if generator is None:
             return [torch.Generator().manual_seed(torch.Generator().seed()) for _ in range(batch)]
         generators = [generator] if isinstance(generator, torch.Generator) else list(generator)

@@ -13,9 +13,12 @@ How a sample becomes MIGE's multimodal instruction depends only on its kind and 
 
 Seeding: every output image draws its posterior and initial noise from a CPU generator seeded with the runner's
 per-image seed, so images do not depend on batch size, order or device. ``noise=original`` opts into the original
-scripts' draws instead (global CPU RNG for the posterior noise, one device-RNG tensor per batch for the initial noise,
-both seeded once like the scripts' ``set_env(0)``): outputs then depend on ``--batch-size`` and sample order, exactly as
-the original's do (run with the scripts' batch size to replay them).
+scripts' draws instead (one CPU stream for the posterior noise, one device-RNG tensor per batch for the initial noise,
+both positioned like the scripts' after ``set_env(0)`` and the model constructor, see
+``reference_model/original_rng.py``; the constructor replay costs about a minute before the first batch). Outputs
+then depend on ``--batch-size``, sample order and everything generated before in the same process, exactly as the
+original's do: they match the scripts only for a fresh, unsharded run over the scripts' items in their order, with
+their batch size, on the same GPU model.
 """
 
 from __future__ import annotations
@@ -38,9 +41,6 @@ logger = logging.getLogger(__name__)
 RELEASE_HUB_ID = "EurekaTian/MIGE"
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NOISE_MODES = ("per_image", "original")
-# The inference scripts' seed and RNG burn-in (set_env: manual_seed(0), then 30 x randn(1, 4, 512, 512) on CPU).
-ORIGINAL_SEED = 0
-ORIGINAL_BURN_IN_DRAWS = 30
 
 
 def default_weights_folder() -> Path:
@@ -94,7 +94,7 @@ class MIGEGenerator(Generator):
             "source_guidance_scale": _parse_number("source_guidance", source_guidance, float),
         }
         self.pipe = self._load()
-        self._original_noise_generator = self._seed_like_the_original_scripts() if noise == "original" else None
+        self._original_rng: Any = None  # OriginalScriptsRNG, built before the first batch (the replay takes a minute)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -112,7 +112,8 @@ class MIGEGenerator(Generator):
             "seeding": (
                 "one CPU torch.Generator per output image (posterior noise, then initial noise)"
                 if self.noise == "per_image"
-                else "original scripts: global CPU RNG for posterior noise, one device-RNG tensor per batch"
+                else "original scripts (seed 0, constructor RNG replayed): one CPU stream for posterior noise, "
+                "one device-RNG tensor per batch"
             ),
         }
 
@@ -136,7 +137,7 @@ class MIGEGenerator(Generator):
         if self.noise == "per_image":
             generator: Any = [torch.Generator().manual_seed(seed) for seed in seeds]
         else:
-            generator = self._original_noise_generator
+            generator = self._original_scripts_rng()
         return self.pipe(
             [request["prompt"] for request in requests],
             kind=kind,
@@ -177,16 +178,14 @@ class MIGEGenerator(Generator):
         logger.info("loaded MIGE from %s (%s on %s)", source, self.dtype_name, self.device)
         return pipe
 
-    def _seed_like_the_original_scripts(self) -> torch.Generator:
-        """Seed as the scripts' ``set_env(0)``: global CPU RNG (posterior noise) and a device RNG (initial noise).
+    def _original_scripts_rng(self) -> Any:
+        """The scripts' two random streams, seeded and replayed once, then continued from batch to batch."""
+        if self._original_rng is None:
+            from reference_model.original_rng import OriginalScriptsRNG
 
-        The scripts also build the full model between seeding and encoding, which advances the CPU RNG by about
-        1.9e10 draws (spec §3.1.3); that advance is not replayed, so posterior noise differs from theirs.
-        """
-        torch.manual_seed(ORIGINAL_SEED)
-        for _ in range(ORIGINAL_BURN_IN_DRAWS):
-            torch.randn(1, 4, 512, 512)
-        return torch.Generator(self.device).manual_seed(ORIGINAL_SEED)
+            logger.info("noise=original: replaying the original constructor's CPU RNG draws (about a minute)")
+            self._original_rng = OriginalScriptsRNG.seeded(device=self.device, show_progress=True)
+        return self._original_rng
 
 
 def mige_request(sample: Sample) -> dict[str, Any]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from leaderboard_builders import add_row_file, results_file
+from leaderboard_builders import HOSTILE_CAPTION, add_row_file, results_file
 from PIL import Image
 
 from mige_bench.run_folder import write_json_atomic
-
-HOSTILE_CAPTION = '<script>alert("caption")</script>'
 
 REPORTED_YAML = """\
 task: toy@mige

@@ -34,6 +34,8 @@ TASK: dict[str, Any] = {
     },
 }
 DIRECTIONS = {"l1": False, "dino": True}
+# A caption that must come out escaped wherever a page shows it.
+HOSTILE_CAPTION = '<script>alert("caption")</script>'
 DINO_WEIGHTS = "d" * 64
 
 

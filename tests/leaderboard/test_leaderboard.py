@@ -7,8 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import HOSTILE_CAPTION
-from leaderboard_builders import add_row_file, results_file
+from leaderboard_builders import HOSTILE_CAPTION, add_row_file, results_file
 
 from mige_bench.cli import main
 from mige_bench.errors import MigeBenchError

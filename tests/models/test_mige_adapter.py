@@ -17,8 +17,9 @@ from PIL import Image
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
 from mige_bench.models.mige import MIGEGenerator, mige_request
-from mige_bench.runner import ExecutionOptions, GenerationRequest, run
+from mige_bench.runner import ExecutionOptions, GenerationRequest, load_samples, run
 from mige_bench.sample import ModelInputs, Sample
+from mige_bench.task import get_task
 
 STEPS = "3"
 
@@ -121,3 +122,38 @@ def test_bad_model_arguments_are_refused(tiny_weights: Path) -> None:
         MIGEGenerator(weights=str(tiny_weights), noise="shared")
     with pytest.raises(MigeBenchError, match="steps="):
         MIGEGenerator(weights=str(tiny_weights), steps="many")
+
+
+def test_original_noise_replays_the_scripts_streams_once_and_continues_them(
+    tiny_weights: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from reference_model import original_rng
+
+    # A short stand-in for the 1.9e10-draw constructor replay (tests/reference_model/test_original_rng.py runs it).
+    monkeypatch.setattr(original_rng, "CONSTRUCTOR_RNG_OUTPUTS", 4_096)
+    samples = load_samples(get_task("demo"), None)
+    seeds = list(range(len(samples)))
+
+    def generate(*batches: slice, seed_offset: int = 0) -> list[np.ndarray]:
+        generator = MIGEGenerator(weights=str(tiny_weights), steps=STEPS, noise="original")
+        images = []
+        for batch in batches:
+            images += generator.generate(samples[batch], [seed + seed_offset for seed in seeds[batch]])
+        return [np.asarray(image).astype(int) for image in images]
+
+    whole = generate(slice(None))
+    # The runner's per-image seeds play no part: the streams start from the scripts' seed 0.
+    assert all((a == b).all() for a, b in zip(whole, generate(slice(None), seed_offset=100), strict=True))
+    # A second call continues both streams (on CPU that equals one call, up to batch float reordering) ...
+    split = generate(slice(0, 3), slice(3, None))
+    assert max(np.abs(a - b).max() for a, b in zip(whole, split, strict=True)) <= 1
+    # ... whereas the same samples first in a fresh process get the streams' first draws.
+    tail = generate(slice(3, None))
+    assert all(np.abs(a - b).mean() > 1 for a, b in zip(whole[3:], tail, strict=True))
+    # And the replay length matters: it is what positions the posterior stream.
+    monkeypatch.setattr(original_rng, "CONSTRUCTOR_RNG_OUTPUTS", 8_192)
+    assert all(np.abs(a - b).mean() > 1 for a, b in zip(whole, generate(slice(None)), strict=True))
+
+    outcome = _run(tiny_weights, tmp_path / "original", batch_size=2, noise="original")
+    settings = json.loads((outcome.run_dir / "manifest.json").read_text())["model"]["settings"]
+    assert settings["noise"] == "original" and "constructor RNG replayed" in settings["seeding"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_golden_close
+from mige_golden import assert_golden_close
 from mige_tiny import randomize_
 
 from reference_model.multimodal_encoder import (

@@ -16,12 +16,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import assert_golden_close, golden_dir
 from diffusers import AutoencoderKL
+from mige_golden import assert_golden_close, golden_dir
 from mige_tiny import random_image, tiny_pipeline
 from safetensors.torch import load_file
 
 from reference_model.convert_mige_checkpoint import load_original_models, model_configs, t5_fast_tokenizer
+from reference_model.original_rng import OriginalScriptsRNG, advance_cpu_generator
 from reference_model.pipeline_mige import (
     VAE_LATENT_SCALE,
     MIGEPipeline,
@@ -209,23 +210,71 @@ def test_per_image_noise_makes_each_image_independent_of_its_batch(pipe, images)
         torch.testing.assert_close(single[0], batched[row], rtol=0, atol=1e-5 * batched.abs().max().item())
 
 
-def test_original_noise_draws_one_batch_tensor_from_the_given_generator(pipe) -> None:
-    noise = pipe.prepare_initial_noise(2, (4, 8, 8), [None, None], torch.Generator().manual_seed(3), "original",
-                                       torch.device("cpu"))  # fmt: skip
+def test_original_noise_is_one_batch_tensor_from_the_device_stream(pipe) -> None:
+    noise = pipe.prepare_original_initial_noise(2, (4, 8, 8), torch.Generator().manual_seed(3), torch.device("cpu"))
     torch.testing.assert_close(noise, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)))
-    per_image = pipe.prepare_initial_noise(2, (4, 8, 8), _generators(3, 3), None, "per_image", torch.device("cpu"))
+    per_image = pipe.prepare_initial_noise((4, 8, 8), _generators(3, 3), torch.device("cpu"))
     assert torch.equal(per_image[0], per_image[1])  # each row comes from its own image's generator
 
 
-def test_original_noise_mode_depends_on_batch_position_like_the_scripts(pipe, images) -> None:
-    def run(prompts: list[str], sources: list) -> torch.Tensor:
+def _original_rng() -> OriginalScriptsRNG:
+    return OriginalScriptsRNG.seeded(replay_constructor=False)
+
+
+@pytest.mark.parametrize(("kind", "references_per_item", "draws_per_item"), [("edit", 0, 1), ("subject_edit", 2, 3)])
+def test_original_mode_draws_posterior_noise_from_one_cpu_stream_in_item_order(
+    pipe, images, kind: str, references_per_item: int, draws_per_item: int
+) -> None:
+    # Spec §3.1.3: one randn(4, h, w) per reference in order, then MIGEBench's own source draw; edit reuses its one.
+    rng = _original_rng()
+    prompts = ["<ImageHere> and <ImageHere>", "<ImageHere> then <ImageHere>"] if references_per_item else ["a", "b"]
+    references = [images[:references_per_item]] * 2 if references_per_item else None
+    pipe(prompts, kind, reference_images=references, source_image=images[:2], num_inference_steps=2,
+         generator=rng, noise="original", output_type="latent")  # fmt: skip
+    expected = _original_rng().posterior
+    latent_numel = 4 * (pipe.image_size // pipe.vae_scale_factor) ** 2
+    advance_cpu_generator(expected, 2 * draws_per_item * latent_numel)
+    assert torch.equal(rng.posterior.get_state(), expected.get_state())
+
+
+def test_original_mode_continues_both_streams_across_batches_like_the_scripts(pipe, images) -> None:
+    def run(batches: list[list[int]]) -> torch.Tensor:
+        rng = _original_rng()
+        latents = [
+            pipe(
+                ["make it red"] * len(rows),
+                "edit",
+                source_image=[images[row] for row in rows],
+                num_inference_steps=2,
+                generator=rng,
+                noise="original",
+                output_type="latent",
+            ).images
+            for rows in batches
+        ]
+        return torch.cat(latents)
+
+    one_batch, two_batches, alone = run([[0, 1]]), run([[0], [1]]), run([[1]])
+    assert torch.equal(two_batches, run([[0], [1]]))
+    # The second batch continues both streams: on CPU, randn of whole 16-element chunks is chunk-invariant, so that
+    # equals one batch of two. (On CUDA, Philox offsets per call make the split change z, spec §3.1.3.)
+    scale = one_batch.abs().max().item()
+    torch.testing.assert_close(one_batch, two_batches, rtol=0, atol=1e-5 * scale)
+    # Item 1 run first instead gets the streams' first draws: a different image.
+    assert (alone[0] - two_batches[1]).abs().max() > 1e-3 * scale
+
+
+def test_original_mode_without_a_replay_object_uses_the_global_generators(pipe, images) -> None:
+    def run() -> torch.Tensor:
         torch.manual_seed(0)
-        return pipe(prompts, "edit", source_image=sources, num_inference_steps=3, noise="original",
+        return pipe(["make it red"], "edit", source_image=images[:1], num_inference_steps=2, noise="original",
                     output_type="latent").images  # fmt: skip
 
-    alone = run(["make it red"], images[:1])
-    second_in_batch = run(["make it blue", "make it red"], images[1::-1])
-    assert (second_in_batch[1] - alone[0]).abs().max() > 1e-2
+    assert torch.equal(run(), run())
+    with pytest.raises(ValueError, match="OriginalScriptsRNG"):
+        pipe(["a"], "edit", source_image=images[:1], generator=torch.Generator(), noise="original")
+    with pytest.raises(ValueError, match="noise='original'"):
+        pipe(["a"], "edit", source_image=images[:1], generator=_original_rng())
 
 
 def test_source_latent_per_kind(pipe, images) -> None:

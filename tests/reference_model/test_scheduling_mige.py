@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_golden_close, golden_dir
+from mige_golden import assert_golden_close, golden_dir
 
 from reference_model.scheduling_mige import (
     TASK_SAMPLING_DEFAULTS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_golden_close, golden_dir
+from mige_golden import assert_golden_close, golden_dir
 
 from reference_model.scheduling_mige import GuidedNoisePredictor
 from reference_model.transformer_mige import (
