@@ -33,6 +33,7 @@ from reference_model import (
     SamplingSettings,
     sample_mige_latents,
 )
+from reference_model.pipeline_mige import temporarily_on
 from reference_model.scheduling_mige import DPMSolverPlusPlus2M, GuidedNoisePredictor
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -395,15 +396,13 @@ def _with_encoder_offload(encoder, transformer, conditions: Conditions, settings
     """Ours with the encoder on CPU except while encoding (as ``MIGEPipeline.enable_encoder_offload``)."""
     device = transformer.device
     with torch.no_grad():
-        encoder.to(device)
-        states, masks = [], []
-        for b, segments in enumerate(conditions.segment_ids):
-            tokens = transformer.embed_reference_latents(conditions.reference_latents[b])[None]
-            encoded = encoder([segments], conditions.reference_pixels[b : b + 1], tokens)
-            states.append(encoded.hidden_states)
-            masks.append(encoded.attention_mask)
-        encoder.to("cpu")
-        torch.cuda.empty_cache()
+        with temporarily_on(encoder, device):
+            states, masks = [], []
+            for b, segments in enumerate(conditions.segment_ids):
+                tokens = transformer.embed_reference_latents(conditions.reference_latents[b])[None]
+                encoded = encoder([segments], conditions.reference_pixels[b : b + 1], tokens)
+                states.append(encoded.hidden_states)
+                masks.append(encoded.attention_mask)
         return sample_mige_latents(
             transformer, torch.cat(states), torch.cat(masks), conditions.source_latents, conditions.noise, settings
         ).latents

@@ -16,13 +16,15 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from mige_bench.errors import MigeBenchError
 from mige_bench.run_folder import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
+
+# PIL modes with more than 8 bits per channel (plus the I;16 family).
+_DEEP_MODES = frozenset({"I", "F"})
 
 MAX_PIXELS = 64_000_000
 """Largest image accepted (e.g. 8000x8000). Larger files are refused rather than silently downscaled: a benchmark
@@ -75,25 +77,23 @@ class ImageRef:
 
 
 def to_rgb(image: Image.Image, name: str = "<image>") -> Image.Image:
-    """Converts any PIL mode to 8-bit RGB, the only form metrics and models see.
+    """Converts an 8-bit image to RGB with PIL's ``.convert("RGB")``, as every protocol and reference script does.
 
-    RGBA and LA are composited on white (not black: a transparent background must not turn into a black one that
-    moves L1), 16-bit and 32-bit grey are scaled to 8 bits by value range instead of being clipped, palette and
-    CMYK go through PIL's own conversion.
+    That conversion drops alpha (the colour under a transparent pixel is kept, as in the reference code) and maps
+    palette, grey and CMYK images the standard way. Deeper images (16-bit or 32-bit integer, float) are refused:
+    ``.convert("RGB")`` clips them at 255, which turns most of a 16-bit image white, and rescaling them instead
+    would score them differently from the reference code.
+
+    Raises:
+        MigeBenchError: the image is deeper than 8 bits per channel, with the file named and the fix.
     """
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        if not np.isfinite(array).all():
-            raise MigeBenchError(f"{name}: the image contains NaN or infinite pixel values.")
-        gray = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in _DEEP_MODES or image.mode.startswith("I;16"):
+        raise MigeBenchError(
+            f"{name}: {image.mode} image with more than 8 bits per channel. The protocols open images with PIL's "
+            f'.convert("RGB"), which clips such values at 255; save it as 8-bit RGB (e.g. a normal PNG or JPEG) first.'
+        )
     return image.convert("RGB")
 
 

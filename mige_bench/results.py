@@ -37,7 +37,7 @@ class MetricSummary(TypedDict):
     n_samples: int  # samples with at least one defined value
     n_images: int  # output images with a defined value
     excluded: dict[str, int]  # images excluded by protocol, by reason (never NaN-averaged)
-    counters: dict[str, int]  # protocol events that are not exclusions (e.g. truncated_captions)
+    counters: dict[str, int]  # protocol events that are not exclusions (e.g. outputs_with_truncated_caption)
 
 
 class CategorySummary(TypedDict):

@@ -115,7 +115,7 @@ def parse_task(raw: Any, source: str = "<task>") -> Task:
     Raises:
         MigeBenchError: naming ``source`` and the offending key for any schema violation.
     """
-    from mige_bench.loaders import LOADERS
+    from mige_bench.loaders import LOADERS, data_keys
     from mige_bench.metrics import METRICS
 
     if not isinstance(raw, dict):
@@ -136,6 +136,9 @@ def parse_task(raw: Any, source: str = "<task>") -> Task:
         raise _fail(source, f"'kind' must be one of {', '.join(get_args(SampleKind))}, got {raw['kind']!r}.")
     if raw["loader"] not in LOADERS:
         raise _fail(source, f"unknown loader {raw['loader']!r}; known: {', '.join(sorted(LOADERS))}.")
+    allowed_data = data_keys(raw["loader"])
+    if allowed_data is not None:
+        _check_keys(source, "data", [str(key) for key in raw.get("data", {})], sorted(allowed_data))
     images_per_sample = raw.get("images_per_sample", 1)
     if images_per_sample < 1:
         raise _fail(source, "'images_per_sample' must be at least 1.")

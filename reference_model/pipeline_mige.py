@@ -18,8 +18,8 @@ Differences from the scripts, all output-preserving or opt-out:
   its source's, then its initial noise (all on CPU, so also device-independent). ``noise="original"`` draws as the
   scripts do instead: posterior noise from one CPU stream in item order and one initial-noise tensor per batch from
   the device RNG (spec §3.1.3), which is what makes the original's outputs depend on batch size and position. Pass
-  :meth:`OriginalScriptsRNG.seeded() <reference_model.original_rng.OriginalScriptsRNG.seeded>` to start both streams
-  exactly where the scripts' are.
+  :meth:`OriginalScriptsRNG.seeded(device=...) <reference_model.original_rng.OriginalScriptsRNG.seeded>` to start
+  both streams exactly where the scripts' are.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class MIGEPipeline(DiffusionPipeline):
         """Keep the multimodal encoder (≈6 B parameters, mostly T5-XXL) on CPU except while it encodes.
 
         The transformer and VAE stay where they are (``pipe.to("cuda")`` first): only the sampling loop's weights
-        occupy the GPU while denoising. Costs one host↔device copy of the encoder per call.
+        occupy the GPU while denoising. Costs one host→device copy of the encoder per call (see
+        :func:`temporarily_on`).
         """
         self._encoder_offload = True
         self.multimodal_encoder.to("cpu")
@@ -198,8 +199,9 @@ class MIGEPipeline(DiffusionPipeline):
             guidance_scale: Instruction guidance ``s_y`` (default 7 subject, 5 editing).
             source_guidance_scale: Source guidance ``s_s`` for the editing kinds (default 1).
             generator: One CPU generator per prompt (or one for a single prompt); see the module docstring. With
-                ``noise="original"``: an :class:`OriginalScriptsRNG` (posterior and initial-noise streams, advanced
-                by this call so consecutive batches continue them), or ``None`` for torch's global generators.
+                ``noise="original"``: an :class:`OriginalScriptsRNG` seeded for the pipeline's device (posterior and
+                initial-noise streams, advanced by this call so consecutive batches continue them), or ``None``
+                for torch's global generators.
             noise: ``"per_image"`` (batch-independent) or ``"original"`` (the scripts' batch-coupled draws).
             skip_unused_references: Encode only the reference slots that a marker reads (output-identical).
             output_type: ``"pil"``, ``"np"`` (uint8 ``[B, H, W, 3]``) or ``"latent"``.
@@ -419,6 +421,11 @@ class MIGEPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """The scripts' ``z``: one ``randn(B, 4, h, w)`` float32 on ``device`` per batch, from ``generator`` or the
         device's global RNG, so row ``b`` depends on the batch size and the batches drawn before."""
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"the initial-noise generator is on {generator.device.type} but the pipeline runs on {device.type}: "
+                f"the scripts draw it on the GPU; use OriginalScriptsRNG.seeded(device={str(device)!r})"
+            )
         return torch.randn((batch, *latent_shape), generator=generator, device=device, dtype=torch.float32)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -461,13 +468,38 @@ class MIGEPipeline(DiffusionPipeline):
         if not self._encoder_offload:
             yield
             return
-        self.multimodal_encoder.to(device)
-        try:
+        with temporarily_on(self.multimodal_encoder, device):
             yield
-        finally:
-            self.multimodal_encoder.to("cpu")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def temporarily_on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Run a CPU-resident ``module`` on ``device`` for the block, then point it back at its own CPU tensors.
+
+    ``module.to("cpu")`` afterwards would copy every weight device→host again although none changed (≈13 GB for
+    the bf16 encoder); re-pointing the parameters and buffers at the tensors kept from before costs nothing.
+    """
+    # Module.to() swaps .data in place for CPU<->CUDA but builds new Parameter objects for other pairs (e.g. meta),
+    # so keep both the objects and their CPU data, and put both back.
+    parameters = [
+        (owner, name, parameter, parameter.data)
+        for owner in module.modules()
+        for name, parameter in owner.named_parameters(recurse=False)
+    ]
+    buffers = [
+        (owner, name, buffer) for owner in module.modules() for name, buffer in owner.named_buffers(recurse=False)
+    ]
+    module.to(device)
+    try:
+        yield
+    finally:
+        for owner, name, parameter, data in parameters:
+            parameter.data = data
+            setattr(owner, name, parameter)
+        for owner, name, buffer in buffers:
+            setattr(owner, name, buffer)  # Module.__setattr__ puts a tensor back in the buffer slot of that name
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _per_prompt(value: object, batch: int, name: str, single_type: type) -> list:

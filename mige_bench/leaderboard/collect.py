@@ -67,9 +67,11 @@ def protocol_identity(results: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"task_id", "protocol", "backbones"}``: the task definition without its prose keys (it includes the
-        version), and per used backbone its spec, weight hash and preprocessing.
+        version) with the run's effective ``images_per_sample`` (``--images-per-sample`` can override the task's,
+        which changes the standard errors), and per used backbone its spec, weight hash and preprocessing.
     """
     protocol = {key: value for key, value in results["task"].items() if key not in PROSE_KEYS}
+    protocol["images_per_sample"] = results.get("images_per_sample", protocol.get("images_per_sample", 1))
     backbones = {
         name: {key: record.get(key) for key in BACKBONE_IDENTITY_KEYS}
         for name, record in sorted(results["provenance"]["backbones"].items())

@@ -15,6 +15,7 @@ from mige_bench.sample import ModelInputs, Sample
 from mige_bench.task import Task
 
 SIZE = 96
+DATA_KEYS: frozenset[str] = frozenset()
 
 # (id, category, (shape, shape colour, background) before, after, instruction)
 _EDITS = [

@@ -40,6 +40,7 @@ from mige_bench.task import Task
 logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = "prompts_and_classes.txt"
+DATA_KEYS = frozenset({"github", "commit", "live_classes", "unique_token", "reference_images"})
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TEMPLATE_LINE = re.compile(r"^'(?P<template>.+)'\.format\(unique_token, class_token\)")
 _CLASS_ROW = re.compile(r"^(?P<subject>[A-Za-z0-9_]+),(?P<noun>[^,]+)$")
@@ -114,6 +115,10 @@ def scan(task: Task, root: Path) -> DatasetContents:
     unknown = sorted(set(chosen) - set(parsed.class_nouns))
     if unknown:
         raise MigeBenchError(f"{task.source_file}: reference_images names unknown subjects: {', '.join(unknown)}.")
+    unlisted = sorted(set(parsed.class_nouns) - set(chosen)) if chosen else []
+    if unlisted:
+        # Half-listed would silently give those subjects the all-photos input mode of the other protocol.
+        raise MigeBenchError(f"{task.source_file}: reference_images misses subjects: {', '.join(unlisted)}.")
     live_classes = set(task.data.get("live_classes", ["dog", "cat"]))
     samples: list[Sample] = []
     missing: list[Path] = []

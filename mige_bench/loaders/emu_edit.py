@@ -11,11 +11,12 @@ requested split, and a count mismatch that equals the other split's size is repo
 Task ``data`` arguments: ``hub_id``, ``hub_revision``, ``split`` (default ``test``), ``expected`` (counts per split:
 ``rows``, ``identical_captions``).
 
-Samples: ``id`` = ``<split>-<idx:04d>``; the model sees the instruction verbatim (368 test instructions start with a
-space, as published) and the input image, with the ``task`` label as ``edit_type``. References: ``source_image``
-(the input image: Emu Edit has no targets, so image metrics compare with it), ``input_caption``,
-``output_caption``. Metadata: ``task`` (8 labels: background, global, style, remove, add, local, color, text),
-``idx``, ``split``, ``hash``, ``identical_captions`` (rows where CLIP-T and CLIP-dir are undefined by protocol).
+Samples: ``id`` = ``<split>-<idx:04d>``; the model sees the instruction verbatim (368 test instructions carry
+leading or trailing whitespace, 3 and 365, as published) and the input image, with the ``task`` label as
+``edit_type``. References: ``source_image`` (the input image: Emu Edit has no targets, so image metrics compare with
+it), ``input_caption``, ``output_caption``. Metadata: ``task`` (8 labels: background, global, style, remove, add,
+local, color, text), ``idx``, ``split``, ``hash``, ``identical_captions`` (rows where CLIP-T and CLIP-dir are
+undefined by protocol).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mige_bench.task import Task
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = "test"
+DATA_KEYS = frozenset({"split"})
 
 
 def is_copy(root: Path) -> bool:

@@ -1,35 +1,38 @@
 """MagicBrush: manually annotated instruction editing, sessions of one to three turns.
 
-Two layouts give the same records (session ``img_id``, turn ``k`` from 1, instruction, source, mask, target):
+The task's ``data.split`` picks one of two sources, which give the same records (session ``img_id``, turn ``k`` from
+1, instruction, source, mask, target):
 
-- the official test zip, unzipped (``root`` may be the ``test`` folder or its parent)::
+- ``test`` (``magicbrush@official:*``): the official test zip, unzipped (``root`` may be the ``test`` folder or its
+  parent); 535 sessions / 1,053 turns; password-protected, not redistributable, so never fetched automatically::
 
       edit_sessions.json        {img_id: [{"input", "mask", "output", "instruction"}, ...]}  (turn order)
       images/<img_id>/<img_id>-input.png, -mask1.png, -output1.png, -output2.png ...
       local_descriptions.json / global_descriptions.json   {img_id: {file name: caption}}
 
-  (535 sessions / 1,053 turns; password-protected, not redistributable, so never fetched automatically);
-- the Hugging Face ``osunlp/MagicBrush`` parquet files (columns ``img_id, turn_index, source_img, mask_img,
-  instruction, target_img``; the ``dev`` split has 266 sessions / 528 turns and no captions).
+- ``dev`` (``magicbrush_dev@official:*``): the public Hugging Face ``osunlp/MagicBrush`` parquet files (columns
+  ``img_id, turn_index, source_img, mask_img, instruction, target_img``; 266 sessions / 528 turns; no captions).
+
+Each split is only read from its own layout, so a dev copy can never be scored under a test task id.
 
 Settings (the task's ``setting``): ``all_turn`` edits every turn from its ground-truth input (turn k > 1 starts from
 the GT output of turn k-1) and scores every output; ``final_turn`` chains each session: turn k has
 ``chain_from`` = turn k-1 (the runner feeds it the model's own previous output; its ``source_image`` is ``None``)
 and only the last turn is scored.
 
-Task ``data`` arguments: ``captions`` (``local`` by default, or ``global``: which description file CLIP-T uses,
-recorded in each sample's ``caption_source``), ``hub_id`` / ``hf_split`` for the parquet layout, ``expected``
-(``sessions``, ``turns``, ``captioned_turns`` per split), ``manual_download``.
+Task ``data`` arguments: ``split`` (``test`` or ``dev``), ``captions`` (``local`` by default, or ``global``: which
+description file CLIP-T uses, recorded in each sample's ``caption_source``; test only), ``hub_id`` /
+``hub_revision`` for the dev parquet files, ``expected`` (``sessions``, ``turns``, ``captioned_turns``),
+``manual_download``.
 
 References: ``target_image`` (GT output of the turn), ``mask``, ``output_caption`` (the chosen description of the
-GT output; absent in the parquet layout, which has no captions).
+GT output; test split only).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +52,11 @@ from mige_bench.paths import resolve_inside
 from mige_bench.sample import ModelInputs, Sample
 from mige_bench.task import Task
 
-logger = logging.getLogger(__name__)
-
 SESSIONS_FILE = "edit_sessions.json"
 SETTINGS = ("all_turn", "final_turn")
-_OFFICIAL_SPLIT = "test"
-_DEFAULT_HF_SPLIT = "dev"
+SPLITS = ("test", "dev")
+DATA_KEYS = frozenset({"split", "captions"})
+_TEST_SPLIT = "test"
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,25 @@ class Turn:
 
 
 def _official_dir(root: Path) -> Path | None:
-    for folder in (root, root / _OFFICIAL_SPLIT):
+    for folder in (root, root / _TEST_SPLIT):
         if (folder / SESSIONS_FILE).is_file():
             return folder
     return None
 
 
-def is_copy(root: Path) -> bool:
-    """Whether ``root`` holds the official test layout or MagicBrush parquet files."""
-    return _official_dir(root) is not None or (root.is_dir() and any(root.rglob("*.parquet")))
+def task_split(task: Task) -> str:
+    """The split the task scores (``data.split``, default ``test``)."""
+    split = str(task.data.get("split", _TEST_SPLIT))
+    if split not in SPLITS:
+        raise MigeBenchError(f"{task.source_file}: MagicBrush data.split must be one of {SPLITS}, got {split!r}.")
+    return split
+
+
+def copy_check(split: str) -> Callable[[Path], bool]:
+    """Whether a folder holds ``split`` in its own layout: the unzipped test zip, or the dev parquet files."""
+    if split == _TEST_SPLIT:
+        return lambda root: _official_dir(root) is not None
+    return lambda root: root.is_dir() and bool(split_parquet_files(root, split))
 
 
 def scan(task: Task, root: Path) -> DatasetContents:
@@ -98,19 +110,16 @@ def scan(task: Task, root: Path) -> DatasetContents:
     if setting not in SETTINGS:
         raise MigeBenchError(f"{task.source_file}: MagicBrush setting must be one of {SETTINGS}, got {setting!r}.")
     caption_kind = str(task.data.get("captions", "local"))
-    official = _official_dir(root)
-    if official is not None:
-        split, notes = _OFFICIAL_SPLIT, ()
-        turns, missing, captions = _read_official(official, caption_kind)
-    else:
-        split = str(task.data.get("hf_split", _DEFAULT_HF_SPLIT))
-        if not split_parquet_files(root, split):
-            raise MigeBenchError(f"{root}: no MagicBrush edit_sessions.json and no '{split}' parquet files.")
-        turns, missing, captions = _read_parquet(root, split), [], {}
-        notes = (
-            f"scoring the '{split}' split of the Hugging Face parquet files, not the test split; these have no "
-            f"captions, so CLIP-T is undefined",
+    split = task_split(task)
+    if not copy_check(split)(root):
+        raise MigeBenchError(
+            f"{root} does not hold the MagicBrush {split} split for task {task.id}"
+            + (" (the unzipped official test zip)." if split == _TEST_SPLIT else " (the Hugging Face parquet files).")
         )
+    if split == _TEST_SPLIT:
+        turns, missing, captions = _read_official(_official_dir(root), caption_kind)  # type: ignore[arg-type]
+    else:
+        turns, missing, captions = _read_parquet(root, split), [], {}
     sessions = _group_sessions(turns)
     samples = [
         sample
@@ -129,7 +138,6 @@ def scan(task: Task, root: Path) -> DatasetContents:
         counts=counts,
         expected=expected_counts(task, split),
         missing_files=tuple(missing),
-        notes=notes,
     )
 
 
@@ -240,19 +248,20 @@ def _turn_id(session: str, index: int) -> str:
 
 def locate(task: Task, data_root: Path | None) -> Path:
     """The folder of the copy to read (``data_root``, the default data folder or the Hugging Face cache)."""
-    return locate_copy(task, data_root, is_copy)
+    return locate_copy(task, data_root, copy_check(task_split(task)))
 
 
 def load_magicbrush(task: Task, data_root: Path | None) -> list[Sample]:
-    """Loads the task's setting from a complete local copy (official test layout, or the HF parquet layout)."""
+    """Loads the task's setting from a complete local copy of its split."""
     return scan(task, locate(task, data_root)).complete_samples(task)
 
 
 def fetch(task: Task, destination: Path, progress: bool = True) -> Path:
-    """Downloads the public ``dev`` split parquet files; the test split cannot be fetched (see ``manual_download``)."""
-    logger.warning(
-        "MagicBrush's test split is only distributed as a password-protected zip: %s",
-        task.data.get("manual_download", "see the MagicBrush README"),
-    )
-    split = str(task.data.get("hf_split", _DEFAULT_HF_SPLIT))
+    """Downloads the public dev split's parquet files; the test split cannot be fetched (``manual_download``)."""
+    split = task_split(task)
+    if split == _TEST_SPLIT:
+        raise MigeBenchError(
+            f"{task.data.get('manual_download', 'The MagicBrush test split cannot be downloaded automatically.')} "
+            f"Then check it with `mige-bench data check {task.id} --data-root DIR`."
+        )
     return fetch_hub_snapshot(task, destination, progress, allow_patterns=[f"data/{split}-*", "README.md"])

@@ -42,6 +42,7 @@ from mige_bench.task import Task
 logger = logging.getLogger(__name__)
 
 SUBSETS = ("add", "replace")
+DATA_KEYS = frozenset({"subset", "index_file"})
 _PLACEHOLDER_ANY_CASE = re.compile(re.escape(IMAGE_PLACEHOLDER), re.IGNORECASE)
 
 

@@ -31,8 +31,8 @@ class Metric(ABC):
     ``against: target_image``) as keyword arguments of ``__init__`` after ``backbones``. Unknown binding keys must
     raise ``TypeError`` (the runner turns that into a clear message).
 
-    ``counters`` holds protocol events worth reporting that are not exclusions (e.g. ``truncated_captions`` for
-    CLIP-T); the runner adds them to the results file.
+    ``counters`` holds protocol events worth reporting that are not exclusions (e.g.
+    ``outputs_with_truncated_caption`` for CLIP-T); the runner adds them to the results file.
     """
 
     name: ClassVar[str]

@@ -158,8 +158,9 @@ class ClipImageSimilarity(_ImageSimilarity):
 class ClipTextSimilarity(Metric):
     """CLIP-T: cos(CLIP_img(output), CLIP_txt(caption)), raw, in [-1, 1] (MIGE, Emu Edit "CLIP-out", MagicBrush).
 
-    Captions are tokenised to CLIP's 77-token context; longer ones are truncated and counted in
-    ``counters["truncated_captions"]``.
+    Captions are tokenised to CLIP's 77-token context; longer ones are truncated, and every output scored against a
+    truncated caption is counted in ``counters["outputs_with_truncated_caption"]`` (per output image, so a caption
+    shared by a sample's k images counts k times; exact whichever way the runner chunks the work).
 
     Binding (task YAML): ``caption: <references key>`` (the text compared with the output);
     ``exclude_if_equal: <references key>`` (optional: rows whose caption equals this one, e.g. Emu Edit's
@@ -209,7 +210,7 @@ class ClipTextSimilarity(Metric):
         if not kept:
             return scores
         texts = self.backbones.clip.encode_texts([caption for _, caption in kept])
-        self.counters["truncated_captions"] += sum(texts.truncated)
+        self.counters["outputs_with_truncated_caption"] += sum(texts.truncated)
         batch = self.backbones.features.batch("clip", self.crop_rounding)
         rows = [batch.add(outputs[index]) for index, _ in kept]
         images = batch.encode()[rows]
@@ -223,7 +224,8 @@ class ClipDirectionalSimilarity(Metric):
     ``cos(n(E_img(out)) − n(E_img(src)), n(E_txt(caption)) − n(E_txt(source_caption)))``, raw, in [-1, 1].
 
     Rows whose two captions are identical are undefined and excluded as ``"identical input and output captions"``
-    (Emu Edit test: 690 rows). Truncated captions are counted in ``counters["truncated_captions"]``.
+    (Emu Edit test: 690 rows). Outputs for which either caption was truncated to CLIP's 77 tokens are counted in
+    ``counters["outputs_with_truncated_caption"]``.
 
     Binding (task YAML): ``caption`` (output caption), ``source_caption`` (input caption), ``source_image`` —
     references keys; ``crop_rounding: hf | torchvision`` (default ``hf``).
@@ -287,7 +289,10 @@ class ClipDirectionalSimilarity(Metric):
         clip = self.backbones.clip
         output_texts = clip.encode_texts(output_captions)
         source_texts = clip.encode_texts(source_captions)
-        self.counters["truncated_captions"] += sum(output_texts.truncated) + sum(source_texts.truncated)
+        self.counters["outputs_with_truncated_caption"] += sum(
+            output_truncated or source_truncated
+            for output_truncated, source_truncated in zip(output_texts.truncated, source_texts.truncated, strict=True)
+        )
         features = batch.encode()
         directions = functional.directional_similarity(
             features[output_rows], features[source_rows], output_texts.features.numpy(), source_texts.features.numpy()

@@ -39,7 +39,9 @@ from mige_bench.sample import Sample
 logger = logging.getLogger(__name__)
 
 RELEASE_HUB_ID = "EurekaTian/MIGE"
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# No fp16: the release runs bf16 (spec §1.11: bf16-rounded timesteps, bf16 guidance, fp32 ViT residual stream from
+# bf16 weights under fp16 autocast), and T5-v1.1-XXL is known to overflow in fp16.
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
 NOISE_MODES = ("per_image", "original")
 
 
@@ -57,7 +59,8 @@ class MIGEGenerator(Generator):
         steps: Solver steps for every kind (default per kind: 50 subject, 60 editing).
         guidance: Instruction guidance scale (default 7 subject, 5 editing).
         source_guidance: Source guidance scale of the editing kinds (default 1).
-        dtype: ``bf16``, ``fp16`` or ``fp32`` for the DiT and encoder (default bf16 on GPU, fp32 on CPU); the VAE
+        dtype: ``bf16`` or ``fp32`` for the DiT and encoder (default bf16 on GPU, fp32 on CPU; bf16 reproduces the
+            original's precision regime only on CUDA, where the ViT runs under fp16 autocast); the VAE
             always runs in fp32, as in the original.
         offload: ``1`` keeps the multimodal encoder (T5-XXL) on CPU except while it encodes.
         noise: ``per_image`` (default) or ``original``.

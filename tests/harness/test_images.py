@@ -25,21 +25,32 @@ def test_grayscale_becomes_rgb_with_equal_channels(tmp_path):
     assert (array == 77).all()
 
 
-def test_rgba_is_composited_on_white(tmp_path):
+def test_rgba_loses_its_alpha_like_the_reference_scripts_convert(tmp_path):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0] = 255  # red, fully transparent everywhere but the first row
+    rgba[1:, :, 1] = 90  # and some green where it is transparent
     rgba[0, :, 3] = 255
     path = _save(Image.fromarray(rgba, mode="RGBA"), tmp_path / "rgba.png")
     array = np.asarray(open_rgb(path))
+    # .convert("RGB") (PROTOCOLS.md §1) keeps the colour under the alpha instead of compositing it on anything.
     assert (array[0] == [255, 0, 0]).all()
-    assert (array[1:] == 255).all()
+    assert (array[1:] == [255, 90, 0]).all()
 
 
-def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
-    values = np.full((16, 16), 32768, np.uint16)
-    path = _save(Image.fromarray(values), tmp_path / "deep.png")
-    array = np.asarray(open_rgb(path))
-    assert (array == round(32768 / 65535 * 255)).all()
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(np.full((16, 16), 32768, np.uint16)),
+        Image.fromarray(np.full((16, 16), 70_000, np.int32)),
+        Image.fromarray(np.full((16, 16), 0.5, np.float32)),
+    ],
+    ids=["16-bit", "32-bit", "float"],
+)
+def test_deeper_than_8_bit_images_are_refused_rather_than_clipped(tmp_path, image):
+    path = tmp_path / "deep.tiff"
+    image.save(path)
+    with pytest.raises(MigeBenchError, match=r"deep\.tiff: .* more than 8 bits per channel.*8-bit RGB"):
+        open_rgb(path)
 
 
 def test_palette_image_keeps_its_colours(tmp_path):

@@ -44,6 +44,9 @@ def test_valid_task_loads_with_metric_aliases(tmp_path):
         ({"metrics": {"dnio": {}}}, "unknown metric 'dnio' (did you mean 'dino'?)"),
         ({"primary_metric": "clip_t"}, "'primary_metric' 'clip_t' is not one of the task's metrics"),
         ({"images_per_sample": 0}, "'images_per_sample' must be at least 1"),
+        # data keys are the loader's: a typo would otherwise be ignored and silently change what is loaded
+        ({"loader": "dreambench", "data": {"unique_tokn": "sks"}}, "unknown key 'unique_tokn' in data (did you mean"),
+        ({"loader": "magicbrush", "data": {"hf_split": "dev"}}, "unknown key 'hf_split' in data"),
     ],
 )
 def test_invalid_tasks_are_refused_with_file_and_key(tmp_path, change, message):

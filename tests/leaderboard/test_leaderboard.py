@@ -12,7 +12,7 @@ from leaderboard_builders import HOSTILE_CAPTION, add_row_file, results_file
 from mige_bench.cli import main
 from mige_bench.errors import MigeBenchError
 from mige_bench.leaderboard import add_row, check_leaderboards, render_leaderboards, write_leaderboards
-from mige_bench.leaderboard.collect import collect_rows, group_into_tables
+from mige_bench.leaderboard.collect import collect_rows, group_into_tables, protocol_identity
 from mige_bench.leaderboard.reported import parse_reported_table
 from mige_bench.task import get_task
 
@@ -161,6 +161,15 @@ def test_version_protocol_and_backbone_changes_get_separate_tables(board: Path) 
     assert markdown.count("## Reproduced with mige-bench: version 1,") == 3
     assert markdown.count("## Reproduced with mige-bench: version 2,") == 1
     assert markdown.count("**Missing sanity rows**: identity") == 2
+
+
+def test_an_images_per_sample_override_gets_its_own_table(board: Path) -> None:
+    one_image = results_file("folder", {"l1": (0.15, 0.1, 0.2)})
+    one_image["images_per_sample"] = 2  # --images-per-sample 2 on a 1-image task: other standard errors
+    add_row_file(board, "two_images", one_image)
+    tables = group_into_tables(collect_rows(board))
+    assert sorted(tuple(row.name for row in table.rows) for table in tables) == [("alpha", "identity"), ("two_images",)]
+    assert protocol_identity(one_image)["protocol"]["images_per_sample"] == 2
 
 
 def test_a_row_filed_under_another_task_is_refused(board: Path) -> None:

@@ -87,15 +87,15 @@ def test_mask_crop_compares_the_masked_output_region_with_the_entity(smoke_backb
     assert score == pytest.approx(1.0, abs=1e-6)
 
 
-def test_clip_t_counts_truncated_captions(smoke_backbones: Backbones) -> None:
+def test_clip_t_counts_outputs_scored_against_a_truncated_caption(smoke_backbones: Backbones) -> None:
     captions = ["a" * 75, "a" * 76, "b" * 300, "a dog"]  # smoke tokenizer: one token per character
     samples = [make_sample(f"s{i}", {"caption": caption}) for i, caption in enumerate(captions)]
     metric = ClipTextSimilarity(smoke_backbones, caption="caption")
     scores = metric.score([noise_image(i) for i in range(4)], samples)
-    assert metric.counters["truncated_captions"] == 2
+    assert metric.counters["outputs_with_truncated_caption"] == 2
     assert all(isinstance(score, float) and -1 <= score <= 1 for score in scores)
-    metric.score([noise_image(0)], samples[1:2])
-    assert metric.counters["truncated_captions"] == 3
+    metric.score([noise_image(0), noise_image(1)], samples[2:3] * 2)  # two images of one over-long caption
+    assert metric.counters["outputs_with_truncated_caption"] == 4
 
 
 def test_clip_t_is_the_raw_cosine_of_image_and_text_embeddings(smoke_backbones: Backbones) -> None:

@@ -122,6 +122,8 @@ def test_bad_model_arguments_are_refused(tiny_weights: Path) -> None:
         MIGEGenerator(weights=str(tiny_weights), noise="shared")
     with pytest.raises(MigeBenchError, match="steps="):
         MIGEGenerator(weights=str(tiny_weights), steps="many")
+    with pytest.raises(MigeBenchError, match="dtype='fp16' is not one of bf16, fp32"):
+        MIGEGenerator(weights=str(tiny_weights), dtype="fp16")
 
 
 def test_original_noise_replays_the_scripts_streams_once_and_continues_them(

@@ -29,6 +29,7 @@ from reference_model.pipeline_mige import (
     blip_eval_pixels,
     letterbox,
     resize_center_crop,
+    temporarily_on,
     to_uint8_images,
     vae_pixels,
 )
@@ -329,6 +330,22 @@ def test_encoder_offload_returns_the_encoder_to_cpu_and_keeps_outputs(images) ->
                      generator=_generators(1), output_type="latent").images  # fmt: skip
     assert pipe.multimodal_encoder.device.type == "cpu"
     assert torch.equal(offloaded, expected)
+
+
+def test_temporarily_on_puts_back_the_very_same_cpu_tensors_instead_of_copying_them() -> None:
+    module = torch.nn.BatchNorm1d(4)  # parameters and buffers
+    before = {name: tensor.data_ptr() for name, tensor in module.state_dict().items()}
+    with temporarily_on(module, torch.device("meta")):
+        assert {tensor.device.type for tensor in module.state_dict().values()} == {"meta"}
+    after = {name: tensor.data_ptr() for name, tensor in module.state_dict().items()}
+    assert after == before  # no device→host copy: the original storage is back in place
+    assert {tensor.device.type for tensor in module.state_dict().values()} == {"cpu"}
+    assert "running_mean" in dict(module.named_buffers())
+
+
+def test_original_mode_refuses_an_initial_noise_generator_on_another_device(pipe) -> None:
+    with pytest.raises(ValueError, match=r"OriginalScriptsRNG.seeded\(device='meta'\)"):
+        pipe.prepare_original_initial_noise(1, (4, 8, 8), torch.Generator(), torch.device("meta"))
 
 
 # Channel 0, rows 0-1, columns 0-2 of the final latent of the tiny pipeline (seed 0), edit kind, 3 steps, seed 11.

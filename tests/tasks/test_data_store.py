@@ -13,6 +13,7 @@ import pytest
 from dataset_miniatures import bundled_task, with_data
 
 from mige_bench.data_store import check_dataset, fetch_dataset
+from mige_bench.errors import MigeBenchError
 from mige_bench.loaders.local_copy import download_url
 
 DREAMBENCH_MINIATURE = {
@@ -47,12 +48,11 @@ def test_missing_and_unreadable_images_and_wrong_counts_are_all_reported(dreambe
     assert text.endswith("Result: PROBLEMS FOUND")
 
 
-def test_check_reports_the_dev_split_note_for_magicbrush_parquet(magicbrush_parquet_root: Path) -> None:
-    task = with_data(bundled_task("magicbrush_final_turn.yaml"), expected={"dev": {"sessions": 3, "turns": 6}})
+def test_check_counts_the_magicbrush_dev_parquet(magicbrush_parquet_root: Path) -> None:
+    task = with_data(bundled_task("magicbrush_dev_final_turn.yaml"), expected={"sessions": 3, "turns": 6})
     report = check_dataset(task, magicbrush_parquet_root, progress=False)
     assert report.ok
     assert report.counts == {"sessions": 3, "turns": 6, "scored": 3, "captioned_turns": 0}
-    assert "not the test split" in report.render()
 
 
 def test_real_dreambench_images_all_decode(shared_data: Path) -> None:
@@ -135,7 +135,10 @@ def test_dreambench_fetch_extracts_the_dataset_folder_of_the_pinned_snapshot(
 def test_hub_fetch_downloads_only_the_public_magicbrush_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, object]] = []
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **kwargs: calls.append(kwargs))
-    fetch_dataset(bundled_task("magicbrush_all_turn.yaml"), tmp_path / "mb", progress=False)
+    with pytest.raises(MigeBenchError, match=r"password-protected zip.*magicbrush_dev@official:all_turn"):
+        fetch_dataset(bundled_task("magicbrush_all_turn.yaml"), tmp_path / "mb", progress=False)
+    assert calls == []
+    fetch_dataset(bundled_task("magicbrush_dev_all_turn.yaml"), tmp_path / "mb", progress=False)
     assert calls == [
         {
             "repo_type": "dataset",

@@ -23,6 +23,13 @@ def mige_task():
     )
 
 
+def test_a_reference_list_that_misses_a_subject_is_refused(dreambench_root: Path) -> None:
+    # Otherwise that subject would silently get the all-photos input of the dreambooth protocol.
+    partial = {subject: photo for subject, photo in MINIATURE_REFERENCES.items() if subject != "cat"}
+    with pytest.raises(MigeBenchError, match="reference_images misses subjects: cat"):
+        load_dreambench(with_data(mige_task(), reference_images=partial), dreambench_root)
+
+
 def test_mige_protocol_gives_one_fixed_reference_in_a_multimodal_prompt(dreambench_root: Path) -> None:
     samples = load_dreambench(mige_task(), dreambench_root)
     assert len(samples) == 8

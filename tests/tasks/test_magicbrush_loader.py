@@ -1,4 +1,5 @@
-"""MagicBrush loader: official test layout and HF dev parquet, all-turn vs chained final-turn, caption choice."""
+"""MagicBrush loader: official test layout and HF dev parquet (separate tasks), all-turn vs chained final-turn,
+caption choice."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
 from mige_bench.loaders.magicbrush import load_magicbrush
 
-MINIATURE_EXPECTED = {"test": {"sessions": 3, "turns": 6, "captioned_turns": 6}, "dev": {"sessions": 3, "turns": 6}}
+MINIATURE_EXPECTED = {"sessions": 3, "turns": 6, "captioned_turns": 6}
+MINIATURE_DEV_EXPECTED = {"sessions": 3, "turns": 6}
 TURN_IDS = ["30-t1", "139-t1", "139-t2", "139-t3", "242-t1", "242-t2"]
 
 
 def miniature_task(setting: str, **changes: object):
     return with_data(bundled_task(f"magicbrush_{setting}.yaml"), expected=MINIATURE_EXPECTED, **changes)
+
+
+def miniature_dev_task(setting: str):
+    return with_data(bundled_task(f"magicbrush_dev_{setting}.yaml"), expected=MINIATURE_DEV_EXPECTED)
 
 
 def test_all_turn_edits_every_turn_from_its_ground_truth_input(magicbrush_official_root: Path) -> None:
@@ -63,10 +69,8 @@ def test_the_test_folder_itself_is_accepted_as_root(magicbrush_official_root: Pa
     assert len(samples) == 6
 
 
-def test_hf_dev_parquet_gives_the_same_records_without_captions(
-    magicbrush_parquet_root: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    samples = load_magicbrush(miniature_task("final_turn"), magicbrush_parquet_root)
+def test_dev_task_reads_the_hf_parquet_into_the_same_records_without_captions(magicbrush_parquet_root: Path) -> None:
+    samples = load_magicbrush(miniature_dev_task("final_turn"), magicbrush_parquet_root)
     assert [sample.id for sample in samples] == TURN_IDS
     assert [sample.id for sample in samples if sample.scored] == ["30-t1", "139-t3", "242-t2"]
     last = samples[3]
@@ -76,7 +80,31 @@ def test_hf_dev_parquet_gives_the_same_records_without_captions(
     assert last.metadata["split"] == "dev"
     assert last.metadata["caption_source"] == "none"
     assert samples[1].inputs.source_image.open().getpixel((0, 0)) == (0, 0, 0)
-    assert "not the test split" in caplog.text
+
+
+def test_each_split_is_read_only_from_its_own_layout(
+    magicbrush_official_root: Path, magicbrush_parquet_root: Path
+) -> None:
+    # A dev copy can never be scored under a test task id (its numbers would join the test leaderboard), nor the
+    # reverse.
+    with pytest.raises(MigeBenchError, match=r"not look like a copy.*magicbrush@official:all_turn.*magicbrush_dev"):
+        load_magicbrush(miniature_task("all_turn"), magicbrush_parquet_root)
+    with pytest.raises(MigeBenchError, match=r"not look like a copy.*magicbrush_dev@official:all_turn.*data fetch"):
+        load_magicbrush(miniature_dev_task("all_turn"), magicbrush_official_root)
+
+
+def test_dev_tasks_have_no_clip_t_column_and_their_own_identity() -> None:
+    for setting in ("all_turn", "final_turn"):
+        test, dev = bundled_task(f"magicbrush_{setting}.yaml"), bundled_task(f"magicbrush_dev_{setting}.yaml")
+        assert dev.id == f"magicbrush_dev@official:{setting}" != test.id
+        assert set(test.metrics) - set(dev.metrics) == {"clip_t"}
+        assert (test.data["split"], dev.data["split"]) == ("test", "dev")
+        assert dev.data["expected"] == {"sessions": 266, "turns": 528}
+
+
+def test_an_unknown_split_is_refused(magicbrush_official_root: Path) -> None:
+    with pytest.raises(MigeBenchError, match=r"data.split must be one of \('test', 'dev'\), got 'train'"):
+        load_magicbrush(miniature_task("all_turn", split="train"), magicbrush_official_root)
 
 
 def test_a_missing_caption_file_and_output_refuse_the_copy(magicbrush_official_root: Path) -> None:
