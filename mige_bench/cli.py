@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a Unix tool whose reader (``| head``) stopped reading."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -56,6 +60,21 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum`` (``--limit 0`` stops with the command's usage)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed to torch as given."""
     if device != "auto":
@@ -71,10 +90,33 @@ def default_out(task_id: str, model: str) -> Path:
     return Path("runs") / safe / "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand: an unknown option is reported with this subcommand's usage.
+
+    Left to argparse, a subcommand hands unknown options up to the top-level parser, whose error shows the top-level
+    usage, which lists none of the subcommand's options.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _add_subset_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that define which images a run holds: shared by ``run`` and ``score --images``, with one meaning."""
+    parser.add_argument("--limit", type=at_least(1), help="only the first N scored samples")
+    parser.add_argument("--images-per-sample", type=at_least(1), help="override the task's number of images per sample")
+    parser.add_argument("--overwrite", action="store_true", help="discard an existing, different run in --out")
+
+
 def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=4, help="images per model call (4)")
+    parser.add_argument("--batch-size", type=at_least(1), default=4, help="images per model call (4)")
     parser.add_argument(
-        "--score-batch-size", type=int, default=32, help="output images per scoring chunk / encoder batch (32)"
+        "--score-batch-size", type=at_least(1), default=32, help="output images per scoring chunk / encoder batch (32)"
     )
     parser.add_argument(
         "--device", default="auto", help="torch device for the model and the metric backbones (auto: cuda if present)"
@@ -87,7 +129,9 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
         "or 'smoke' (repeatable)",
     )
     parser.add_argument("--data-root", type=Path, help="local copy of the task's dataset")
-    parser.add_argument("--allow-failures", type=int, default=0, help="exit 0 despite up to N failed samples (0)")
+    parser.add_argument(
+        "--allow-failures", type=at_least(0), default=0, help="exit 0 despite up to N failed samples (0)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -97,17 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate and score images for multimodal instruction-based generation and editing benchmarks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Every subcommand accepts -v too (`mige-bench run ... -v`). SUPPRESS: a subcommand that is not given -v must not
+    # overwrite a -v given before it with its own default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
-    run = commands.add_parser("run", help="generate images for a task with a model, then score them")
+    def add_command(name: str, summary: str, group: Any = commands, verbose: bool = True) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=summary, parents=[common] if verbose else [])
+
+    run = add_command("run", "generate images for a task with a model, then score them")
     run.add_argument("--task", required=True, help="task id (e.g. emu_edit@mige), unique task name, or YAML path")
     run.add_argument("--model", required=True, help="registered model name (see `ls models`) or module:Class")
     run.add_argument("--model-args", default="", metavar="K=V,...", help="model arguments, e.g. dir=outputs/")
     run.add_argument("--out", type=Path, help="run folder (default runs/<task>/<model>); resumed if it exists")
     run.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it (0)")
-    run.add_argument("--limit", type=int, help="only the first N scored samples")
-    run.add_argument("--images-per-sample", type=int, help="override the task's number of images per sample")
-    run.add_argument("--overwrite", action="store_true", help="discard an existing, different run in --out")
+    _add_subset_flags(run)
     run.add_argument("--no-score", action="store_true", help="stop after generation")
     run.add_argument(
         "--shard",
@@ -117,42 +167,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_execution_flags(run)
 
-    score = commands.add_parser("score", help="score an existing run folder, or a folder of images for a task")
+    score = add_command("score", "score an existing run folder, or a folder of images for a task")
     score.add_argument("run_dir", nargs="?", type=Path, help="run folder written by `run`")
     score.add_argument("--images", type=Path, help="folder of <sample_id>[_k].png|jpg images made elsewhere")
     score.add_argument("--task", help="task of --images")
     score.add_argument("--out", type=Path, help="run folder for --images (default runs/<task>/folder)")
+    _add_subset_flags(score)
     _add_execution_flags(score)
 
-    merge = commands.add_parser("merge", help="combine run folders generated separately for the same run")
+    merge = add_command("merge", "combine run folders generated separately for the same run")
     merge.add_argument("sources", nargs="+", type=Path, help="run folders with identical manifests")
     merge.add_argument("--out", type=Path, required=True, help="merged run folder (then run `score` on it)")
 
-    listing = commands.add_parser("ls", help="list tasks, models or metrics")
+    listing = add_command("ls", "list tasks, models or metrics")
     listing.add_argument("what", choices=["tasks", "models", "metrics"])
 
-    data = commands.add_parser("data", help="fetch or check a task's dataset")
+    data = add_command("data", "fetch or check a task's dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_commands.add_parser("fetch", help="download what is public for a task (resumable)")
+    fetch = add_command("fetch", "download what is public for a task (resumable)", data_commands)
     fetch.add_argument("task")
     fetch.add_argument(
         "--to", type=Path, help="destination folder (default $MIGE_BENCH_HOME/data/<dataset>, where loaders look)"
     )
-    check = data_commands.add_parser("check", help="validate a local copy: counts, missing and unreadable files")
+    check = add_command("check", "validate a local copy: counts, missing and unreadable files", data_commands)
     check.add_argument("task")
     check.add_argument("--data-root", type=Path, required=True)
 
-    board = commands.add_parser("leaderboard", help="render leaderboard tables, plots and the HTML site")
+    board = add_command("leaderboard", "render leaderboard tables, plots and the HTML site")
     board.add_argument("--root", type=Path, default=Path("leaderboards"), help="leaderboard folder (leaderboards)")
     board.add_argument("--html", type=Path, metavar="DIR", help="folder for the HTML site (default <root>/site)")
     board.add_argument("--check", action="store_true", help="write nothing; exit 1 if a rendered file is stale")
     board.add_argument("--add", type=Path, metavar="RUN_DIR", help="first add a scored run folder as a row")
     board.add_argument("--row", help="name of the row added with --add (default: the run folder's name)")
 
-    # Same flags as `python -m reference_model.convert_mige_checkpoint` (declared here so `--help` stays import-free).
-    convert = commands.add_parser(
+    # Same flags as `python -m reference_model.convert_mige_checkpoint` (declared here so `--help` stays import-free),
+    # so no -v after it: `mige-bench -v convert-mige ...`.
+    convert = add_command(
         "convert-mige",
-        help="convert the official MIGE release (EurekaTian/MIGE) into a pipeline folder for --model mige",
+        "convert the official MIGE release (EurekaTian/MIGE) into a pipeline folder for --model mige",
+        verbose=False,
     )
     convert.add_argument("--release", type=Path, help="download of EurekaTian/MIGE (model.pth and config folders)")
     convert.add_argument("--out", type=Path, required=True, help="output folder of the converted pipeline")
@@ -162,16 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--bert", type=Path, help="Q-Former config folder (default: --release/bert-base-uncased)")
     convert.add_argument("--vae", type=Path, help="VAE folder (default: --release/sd-vae-ft-ema)")
 
-    compare = commands.add_parser("compare", help="paired comparison of two runs; exit 1 on a significant regression")
-    compare.add_argument("base", type=Path, help="results.json of the reference run (scores.jsonl next to it)")
-    compare.add_argument("new", type=Path, help="results.json of the candidate run")
+    compare = add_command(
+        "compare", "paired comparison of two runs; exit 1 on a significant regression or missing samples"
+    )
+    compare.add_argument("base", type=Path, help="run folder (or its results.json) of the reference run")
+    compare.add_argument("new", type=Path, help="run folder (or its results.json) of the candidate run")
     compare.add_argument(
         "--tolerance",
         action="append",
         metavar="METRIC=DELTA",
         help="allowed worsening of a metric before a significant one fails the gate (default 0; repeatable)",
     )
+    compare.add_argument(
+        "--allow-missing",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="pass despite up to N samples scored in the base run and not in the new one (0)",
+    )
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mige-bench")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -227,9 +296,11 @@ def _print_outcome(outcome: Any) -> None:
     if outcome.results:
         print(format_results_table(outcome.results))
     print(f"run folder: {outcome.run_dir}")
-    for name in (rf.RESULTS, rf.SCORES, rf.IMAGES, rf.FAILURES):
+    for name in (rf.RESULTS, rf.SCORES, rf.IMAGES):
         if (outcome.run_dir / name).exists():
             print(f"  {outcome.run_dir / name}")
+    for path in rf.failure_files(outcome.run_dir, (record["sample_id"] for record in outcome.failures)):
+        print(f"  {path}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -265,17 +336,37 @@ def command_score(args: argparse.Namespace) -> None:
     from mige_bench.runner import ExecutionOptions, GenerationRequest, run, score_run
     from mige_bench.task import get_task
 
-    options = _execution_options(args, ExecutionOptions)
     backbones = parse_backbones(args.backbone)
     if args.images is not None:
         if args.run_dir is not None or not args.task:
             raise MigeBenchError("score --images DIR needs --task TASK and no run folder argument.")
         task = get_task(args.task)
         request = GenerationRequest(
-            task=args.task, model="folder", model_args={"dir": str(args.images)}, data_root=args.data_root
+            task=args.task,
+            model="folder",
+            model_args={"dir": str(args.images)},
+            limit=args.limit,
+            images_per_sample=args.images_per_sample,
+            data_root=args.data_root,
         )
+        options = _execution_options(args, ExecutionOptions, overwrite=args.overwrite)
         outcome = run(request, out=args.out or default_out(task.id, "folder"), options=options, backbones=backbones)
     elif args.run_dir is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--limit", args.limit),
+                ("--images-per-sample", args.images_per_sample),
+                ("--overwrite", args.overwrite),
+            )
+            if value not in (None, False)
+        ]
+        if given:
+            raise MigeBenchError(
+                f"{', '.join(given)}: only for score --images; a run folder is scored as generated (its manifest "
+                "fixes the samples and images); give them to `run` instead."
+            )
+        options = _execution_options(args, ExecutionOptions)
         outcome = score_run(args.run_dir, options=options, backbones=backbones, data_root=args.data_root)
     else:
         raise MigeBenchError("score needs a run folder, or --images DIR --task TASK.")
@@ -283,8 +374,6 @@ def command_score(args: argparse.Namespace) -> None:
 
 
 def _execution_options(args: argparse.Namespace, options_class: type, **extra: Any) -> Any:
-    if args.batch_size < 1 or args.score_batch_size < 1:
-        raise MigeBenchError("--batch-size and --score-batch-size must be at least 1.")
     return options_class(
         batch_size=args.batch_size,
         score_batch_size=args.score_batch_size,
@@ -363,10 +452,23 @@ def command_leaderboard(args: argparse.Namespace) -> None:
 def command_compare(args: argparse.Namespace) -> None:
     from mige_bench.compare import compare_runs, format_comparison, parse_tolerances
 
-    comparison = compare_runs(args.base, args.new, parse_tolerances(args.tolerance))
+    comparison = compare_runs(
+        _results_file(args.base), _results_file(args.new), parse_tolerances(args.tolerance), args.allow_missing
+    )
     print(format_comparison(comparison))
-    if comparison.regressions:
+    if not comparison.passed:
         raise SystemExit(EXIT_CHECK_FAILED)
+
+
+def _results_file(path: Path) -> Path:
+    """A run folder becomes its ``results.json``: ``compare`` takes folders as ``score`` and ``merge`` do."""
+    from mige_bench import run_folder as rf
+
+    if not path.is_dir():
+        return path
+    if not (path / rf.RESULTS).is_file():
+        raise MigeBenchError(f"{path} holds no {rf.RESULTS}; score it first with: mige-bench score {path}")
+    return path / rf.RESULTS
 
 
 def command_merge(args: argparse.Namespace) -> None:
@@ -406,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit, so that a reader that stopped reading is handled below
     except MigeBenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -414,7 +517,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "interrupted: finished images and scores are kept; run the same command again to resume.", file=sys.stderr
         )
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader stopped reading (`mige-bench compare ... | head`): stop quietly, as Unix tools do. stdout now
+        # points at /dev/null, so the interpreter's final flush cannot raise the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as error:
+        # Last resort for the environment (a full disk, a permission, a read-only mount) where no earlier check
+        # caught it: one line naming the path; -v adds the traceback.
+        print(f"error: {_describe_os_error(error)}", file=sys.stderr)
+        logger.info("traceback of the error above:", exc_info=error)
+        return EXIT_USER_ERROR
     return 0
+
+
+def _describe_os_error(error: OSError) -> str:
+    paths = [str(path) for path in (error.filename, error.filename2) if path is not None]
+    reason = error.strerror or str(error)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ Verdicts, on the signed improvement (the difference for higher-is-better metrics
 Only the overall rows gate: per-category rows are many small tests at once and would raise false alarms. Runs of
 different task ids, versions, protocol definitions or backbones are refused (see
 :func:`mige_bench.leaderboard.collect.protocol_differences`).
+
+Samples that the base run scored and the new run did not (its generation failed, or the sample is not in the run)
+also fail the gate: the paired means leave them out, so a model that crashes on the hard samples would otherwise
+look as good as before. ``allow_missing`` (``--allow-missing N``) accepts up to N of them. Samples scored only in the
+new run are ignored.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from mige_bench.errors import MigeBenchError
 from mige_bench.leaderboard.collect import protocol_differences
 from mige_bench.metrics.functional import paired_bootstrap_diff
 from mige_bench.results import per_sample_means
-from mige_bench.run_folder import SCORES, read_json, read_jsonl
+from mige_bench.run_folder import SCORES, read_failure_records, read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
 OVERALL = "all samples"
 MIN_PAIRS_FOR_SIGNIFICANCE = 2
+LISTED_IDS = 10
+"""Sample ids named in the missing-samples line; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -92,21 +99,52 @@ class Difference:
 
 @dataclass(frozen=True)
 class Comparison:
-    """The outcome of :func:`compare_runs`."""
+    """The outcome of :func:`compare_runs`.
+
+    Attributes:
+        task_id: The task both runs measured.
+        base_model: Generator name of the base run.
+        new_model: Generator name of the new run.
+        shared_samples: Samples scored in both runs (the paired ones).
+        missing_in_new: Ids of the samples scored in the base run and not in the new run, sorted.
+        failed_in_new: Those of them whose generation failed in the new run (its ``failures*.jsonl``); the others
+            are not in the new run at all (another subset, or never generated).
+        only_in_new: Samples scored only in the new run (ignored).
+        allow_missing: Missing samples accepted before the gate fails.
+        comparable: False when either run used smoke backbones.
+        differences: Overall and per-category differences.
+    """
 
     task_id: str
     base_model: str
     new_model: str
     shared_samples: int
-    only_in_base: int
+    missing_in_new: tuple[str, ...]
+    failed_in_new: tuple[str, ...]
     only_in_new: int
+    allow_missing: int
     comparable: bool
     differences: tuple[Difference, ...]
+
+    @property
+    def only_in_base(self) -> int:
+        """Samples scored only in the base run: those the new run lacks."""
+        return len(self.missing_in_new)
 
     @property
     def regressions(self) -> list[Difference]:
         """Overall rows that fail the gate."""
         return [item for item in self.differences if item.regressed]
+
+    @property
+    def too_many_missing(self) -> bool:
+        """The new run lacks more of the base run's samples than ``allow_missing`` accepts."""
+        return len(self.missing_in_new) > self.allow_missing
+
+    @property
+    def passed(self) -> bool:
+        """The gate's verdict: no regression, and no more missing samples than accepted."""
+        return not self.regressions and not self.too_many_missing
 
 
 def parse_tolerances(items: Sequence[str] | None) -> dict[str, float]:
@@ -166,21 +204,28 @@ def _categories(lines: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict
     }
 
 
-def compare_runs(base_path: Path, new_path: Path, tolerances: Mapping[str, float] | None = None) -> Comparison:
+def compare_runs(
+    base_path: Path, new_path: Path, tolerances: Mapping[str, float] | None = None, allow_missing: int = 0
+) -> Comparison:
     """Compares two runs of one task on their shared samples.
 
     Args:
         base_path: ``results.json`` of the reference run (its ``scores.jsonl`` must sit next to it).
         new_path: ``results.json`` of the candidate run.
         tolerances: Score column -> allowed worsening (default 0 for every column).
+        allow_missing: Samples scored in the base run that the new run may lack (failed or absent) before the gate
+            fails (default 0: any one fails it).
 
     Returns:
-        Overall and per-category differences for every metric.
+        Overall and per-category differences for every metric, and the samples the new run lacks.
 
     Raises:
         MigeBenchError: The runs differ in task id, version, protocol definition or backbones; a tolerance names an
-            unknown column; a ``scores.jsonl`` is missing; or the runs share no scored sample.
+            unknown column; ``allow_missing`` is negative; a ``scores.jsonl`` is missing; or the runs share no scored
+            sample.
     """
+    if allow_missing < 0:
+        raise MigeBenchError(f"--allow-missing {allow_missing}: expected a non-negative number of samples.")
     base, new = read_json(base_path), read_json(new_path)
     differing = protocol_differences(base, new)
     if differing:
@@ -220,13 +265,17 @@ def compare_runs(base_path: Path, new_path: Path, tolerances: Mapping[str, float
             )
             if item is not None:
                 differences.append(item)
+    missing = sorted(base_ids - new_ids)
+    failure_records = read_failure_records(new_path.parent)
     return Comparison(
         task_id=base["task_id"],
         base_model=base["model"]["name"],
         new_model=new["model"]["name"],
         shared_samples=len(base_ids & new_ids),
-        only_in_base=len(base_ids - new_ids),
+        missing_in_new=tuple(missing),
+        failed_in_new=tuple(sample_id for sample_id in missing if sample_id in failure_records),
         only_in_new=len(new_ids - base_ids),
+        allow_missing=allow_missing,
         comparable=bool(base["comparable"] and new["comparable"]),
         differences=tuple(differences),
     )
@@ -246,9 +295,32 @@ def _difference_table(differences: Sequence[Difference], with_tolerance: bool) -
     return lines
 
 
+def _listed(sample_ids: Sequence[str]) -> str:
+    shown = ", ".join(sample_ids[:LISTED_IDS])
+    return shown + (f" and {len(sample_ids) - LISTED_IDS} more" if len(sample_ids) > LISTED_IDS else "")
+
+
+def describe_missing(comparison: Comparison) -> str:
+    """``2 samples scored in the base run have no score in the new run: 1 failed to generate (s03), 1 is not in the
+    new run (s07)``; empty when the new run lacks none."""
+    missing = comparison.missing_in_new
+    if not missing:
+        return ""
+    failed = comparison.failed_in_new
+    absent = [sample_id for sample_id in missing if sample_id not in failed]
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} failed to generate ({_listed(failed)})")
+    if absent:
+        parts.append(f"{len(absent)} {'is' if len(absent) == 1 else 'are'} not in the new run ({_listed(absent)})")
+    subject = "1 sample" if len(missing) == 1 else f"{len(missing)} samples"
+    verb = "has" if len(missing) == 1 else "have"
+    return f"{subject} scored in the base run {verb} no score in the new run: {', '.join(parts)}"
+
+
 def format_comparison(comparison: Comparison) -> str:
     """The comparison as markdown tables, overall then per category (readable in a terminal, pasteable into a CI
-    job summary), ending with a PASS or FAIL line."""
+    job summary), then the verdict: a FAIL line per reason (regressions, missing samples) or a PASS line, and notes."""
     overall = [item for item in comparison.differences if item.scope == OVERALL]
     per_category = [item for item in comparison.differences if item.scope != OVERALL]
     lines = [
@@ -265,8 +337,18 @@ def format_comparison(comparison: Comparison) -> str:
     if regressions:
         names = ", ".join(item.column for item in regressions)
         lines.append(f"FAIL: {len(regressions)} metric(s) regressed beyond tolerance with significance: {names}.")
-    else:
+    missing = describe_missing(comparison)
+    if comparison.too_many_missing:
+        lines.append(
+            f"FAIL: {missing}; the means above leave them out (allowed: {comparison.allow_missing}; pass "
+            f"--allow-missing {len(comparison.missing_in_new)} to accept)."
+        )
+    if comparison.passed:
         lines.append("PASS: no metric regressed beyond its tolerance with significance.")
+    if missing and not comparison.too_many_missing:
+        lines.append(
+            f"NOTE: {missing}; accepted by --allow-missing {comparison.allow_missing}, and left out of the means above."
+        )
     if not comparison.comparable:
         lines.append(
             "NOTE: smoke (random) backbones were used — these numbers are NOT comparable to published results."

@@ -52,11 +52,11 @@ class Counts(TypedDict):
     scored_samples: int  # samples whose outputs are scored
     expected_images: int  # scored_samples * images_per_sample
     scored_images: int  # images with a scores line
-    failed_samples: int  # samples whose generation failed (see failures)
+    failed_samples: int  # samples whose generation failed and whose images are still missing (see failures)
 
 
 class Failures(TypedDict):
-    count: int  # samples in failures.jsonl
+    count: int  # failed samples, once each, over every failures*.jsonl (run, shards, merge)
     reasons: dict[str, int]  # failure reason -> number of samples
 
 

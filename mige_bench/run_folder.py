@@ -4,7 +4,7 @@ Layout::
 
     <run>/manifest.json   everything that defines the run (task protocol, model + args, seed, sample ids)
     <run>/images/         <sample_id>.png or <sample_id>_<k>.png
-    <run>/failures.jsonl  one line per sample whose generation failed, with the reason
+    <run>/failures.jsonl  one line per sample whose generation failed, with the reason (until its images exist)
     <run>/scores.jsonl    one line per scored output image
     <run>/results.json    aggregates + provenance (schema in ``mige_bench.results``)
     <run>/timings.json    wall seconds per stage
@@ -12,7 +12,9 @@ Layout::
 
 A sharded run (``--shard i/n``) writes into the same folder: its own images, ``failures.shard-<i>-of-<n>.jsonl``,
 ``timings.shard-<i>-of-<n>.json``, a ``.lock.shard-<i>-of-<n>`` while it works and ``shards/<i>-of-<n>.done`` when
-it has finished; scoring reads every shard's files.
+it has finished; scoring reads every shard's files. ``merge`` keeps the failures of its sources in
+``failures.merged.jsonl``. A sample is failed while some ``failures*.jsonl`` records it and its images are missing:
+whoever regenerates the images ends the failure, and a sample recorded twice counts once.
 
 Every file is written atomically (temporary file + rename) or appended line by line with ``fsync``; a torn last
 line of a ``.jsonl`` file (a crash mid-write) is detected and dropped on read, so a killed run resumes with nothing
@@ -24,9 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SCORES = "scores.jsonl"
 FAILURES = "failures.jsonl"
+MERGED_FAILURES = "failures.merged.jsonl"
 RESULTS = "results.json"
 IMAGES = "images"
 LOCK = ".lock"
@@ -52,10 +55,28 @@ def failures_path(run_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     return run_dir / f"failures{shard_suffix(shard)}.jsonl"
 
 
-def read_all_failures(run_dir: Path) -> list[dict[str, Any]]:
-    """Failure records of the run and of all its shards, ordered by sample id."""
-    records = [record for path in sorted(run_dir.glob("failures*.jsonl")) for record in read_jsonl(path)]
-    return sorted(records, key=lambda record: record["sample_id"])
+def _failure_files(run_dir: Path) -> list[Path]:
+    """Every ``failures*.jsonl`` of the folder, oldest first (ties by name), so later records come later."""
+    return sorted(run_dir.glob("failures*.jsonl"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+
+def read_failure_records(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Sample id -> its latest failure record, over the run's, every shard's and every merged source's file.
+
+    These are records, not the run's failures: a sample whose images were generated since is no longer failed (the
+    runner's ``current_failures`` applies that rule).
+    """
+    return {record["sample_id"]: record for path in _failure_files(run_dir) for record in read_jsonl(path)}
+
+
+def failure_files(run_dir: Path, sample_ids: Iterable[str]) -> list[Path]:
+    """The ``failures*.jsonl`` files of the folder that record at least one of ``sample_ids`` (for messages)."""
+    wanted = set(sample_ids)
+    return [
+        path
+        for path in sorted(run_dir.glob("failures*.jsonl"))
+        if any(record["sample_id"] in wanted for record in read_jsonl(path))
+    ]
 
 
 def read_all_timings(run_dir: Path) -> dict[str, float]:
@@ -73,10 +94,21 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_jsonl_atomic(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replaces ``path`` with ``records`` as JSON lines (the format of :func:`append_jsonl`) in one atomic write."""
+    text = "".join(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n" for record in records)
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file, fsync and a rename: the file is either whole or absent."""
+    """Writes ``data`` to ``path`` via a temporary file, fsync and a rename: the file is either whole or absent.
+
+    The file gets the permissions ``open(path, "w")`` would give it (0666 less the umask), so results and images stay
+    readable by colleagues and web servers; ``tempfile.mkstemp`` would make every one private (0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -84,7 +116,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -166,12 +198,17 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None) -> Iterator[No
     The lock records host and pid; a lock left by a dead process on this host (a crash, SIGKILL) is stale and taken
     over. A live holder, or one on another host, makes this raise with the holder named.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MigeBenchError(f"{run_dir} is a file, not a run folder; choose another --out.")
     lock = run_dir / f"{LOCK}{shard_suffix(shard)}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MigeBenchError(f"Cannot create the run folder {run_dir}: {error.strerror or error}.") from None
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     for _ in range(2):
         try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             try:
                 holder = json.loads(lock.read_text() or "{}")
@@ -186,6 +223,8 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None) -> Iterator[No
                 f"{run_dir} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')}; wait for it "
                 f"to finish, or delete {lock} if that process is gone."
             ) from None
+        except OSError as error:  # a read-only file system or a folder of someone else's: nothing can be written
+            raise MigeBenchError(f"Cannot write to the run folder {run_dir}: {error.strerror or error}.") from None
         with os.fdopen(descriptor, "w") as handle:
             json.dump(me, handle)
         break

@@ -9,6 +9,7 @@ refused (stale images are the classic silent error).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,13 @@ class GenerationRequest:
     images_per_sample: int | None = None
     data_root: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Refused here, not only by the CLI: a negative limit would act as a Python slice and a zero count would fall
+        # back to the task default, both silently.
+        for name, value in (("limit", self.limit), ("images_per_sample", self.images_per_sample)):
+            if value is not None and value < 1:
+                raise MigeBenchError(f"{name} must be at least 1 (got {value}); leave it unset for the task default.")
+
 
 @dataclass
 class ExecutionOptions:
@@ -76,6 +84,17 @@ class ExecutionOptions:
     progress: bool = True
     shard: tuple[int, int] | None = None
     """``(i, n)``: generate only shard ``i`` of ``n`` (see :func:`shard_samples`); ``None`` = everything."""
+
+    def __post_init__(self) -> None:
+        for name, value, least in (
+            ("batch_size", self.batch_size, 1),
+            ("score_batch_size", self.score_batch_size, 1),
+            ("allow_failures", self.allow_failures, 0),
+        ):
+            if value < least:
+                raise MigeBenchError(f"{name} must be at least {least} (got {value}).")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise MigeBenchError(f"shard {self.shard}: expected (i, n) with 0 <= i < n.")
 
 
 def derive_seed(base_seed: int, sample_id: str, k: int) -> int:
@@ -148,9 +167,18 @@ def load_samples(task: Task, data_root: Path | None, limit: int | None = None) -
     return samples
 
 
-def build_generator(model: str, model_args: Mapping[str, str], device: str) -> Generator:
-    """Instantiates a registered (or ``module:Class``) generator with its ``--model-args``."""
+def generator_factory(model: str, model_args: Mapping[str, str], device: str) -> Callable[[], Generator]:
+    """Checks a registered (or ``module:Class``) generator and its ``--model-args``; returns what loads it.
+
+    Everything that can be wrong with the request (unknown model, not a generator class, unknown or missing
+    arguments) is refused here, before any weights load; calling the returned factory builds the model.
+    """
     generator_class = resolve("model", model, MODELS)
+    if not (inspect.isclass(generator_class) and issubclass(generator_class, Generator)):
+        raise MigeBenchError(
+            f"Model {model!r} is a {type(generator_class).__name__}, not a subclass of "
+            "mige_bench.models.base.Generator; --model takes a registered name or module:Class."
+        )
     parameters = inspect.signature(generator_class).parameters
     arguments = dict(model_args)
     if "device" in parameters:
@@ -162,7 +190,39 @@ def build_generator(model: str, model_args: Mapping[str, str], device: str) -> G
         raise MigeBenchError(
             f"Model {model!r} does not take argument(s) {', '.join(unknown)}; it accepts: {', '.join(known) or 'none'}."
         )
-    return generator_class(**arguments)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind in named and parameter.default is inspect.Parameter.empty and name not in arguments
+    ]
+    if missing:
+        raise MigeBenchError(
+            f"Model {model!r} needs argument(s) {', '.join(missing)}: pass --model-args "
+            f"{','.join(f'{name}=VALUE' for name in missing)}"
+        )
+    return functools.partial(generator_class, **arguments)
+
+
+def check_device(device: str) -> None:
+    """Refuses a device torch cannot use on this machine, before any model or backbone loads."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise MigeBenchError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MigeBenchError(
+                f"--device {device}: no CUDA GPU is usable here (torch.cuda.is_available() is False); use --device cpu."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise MigeBenchError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 onwards)."
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise MigeBenchError(f"--device {device}: Apple MPS is not available here; use --device cpu.")
 
 
 def _validated_output(image: Any, label: str) -> Image.Image:
@@ -183,15 +243,30 @@ def _validated_output(image: Any, label: str) -> Image.Image:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_manifest(task: Task, request: GenerationRequest, generator: Generator, samples: Sequence[Sample]) -> dict:
-    """The manifest: everything that defines the run's images. A resumed run must match it exactly."""
+SETTINGS_KEY = "model.settings"
+"""The one manifest key only a loaded generator can fill (see :func:`check_run_folder`)."""
+
+
+def build_manifest(
+    task: Task, request: GenerationRequest, samples: Sequence[Sample], settings: Mapping[str, Any] | None
+) -> dict:
+    """The manifest: everything that defines the run's images. A resumed run must match it exactly.
+
+    ``settings`` are the generator's resolved settings; ``None`` before the model is loaded (a partial manifest, good
+    for :func:`check_run_folder` with ``settings_known=False`` only).
+    """
     sample_ids = [sample.id for sample in samples]
+    images_per_sample = task.images_per_sample if request.images_per_sample is None else request.images_per_sample
     return {
         "schema_version": 1,
         "task": task.definition(),
-        "model": {"name": request.model, "args": dict(request.model_args), "settings": generator.settings},
+        "model": {
+            "name": request.model,
+            "args": dict(request.model_args),
+            "settings": None if settings is None else dict(settings),
+        },
         "seed": {"base": request.seed, "rule": "sha256('<base>:<sample_id>:<k>')[:8] >> 1"},
-        "images_per_sample": request.images_per_sample or task.images_per_sample,
+        "images_per_sample": images_per_sample,
         "limit": request.limit,
         "data_root": str(request.data_root) if request.data_root else None,
         "samples": {
@@ -201,26 +276,39 @@ def build_manifest(task: Task, request: GenerationRequest, generator: Generator,
     }
 
 
+def check_run_folder(
+    run_dir: Path, manifest: Mapping[str, Any], overwrite: bool, settings_known: bool = True
+) -> list[str]:
+    """Refuses a folder that holds a different run, unless ``overwrite``; returns the differing manifest keys.
+
+    With ``settings_known=False`` the generator's settings are left out of the comparison, so a mismatch in anything
+    else is caught before the model is loaded; :func:`prepare_run_folder` then checks the whole manifest.
+    """
+    manifest_path = run_dir / rf.MANIFEST
+    if not manifest_path.is_file():
+        return []
+    differences = rf.manifest_differences(rf.read_json(manifest_path), manifest)
+    if not settings_known:
+        differences = [key for key in differences if key != SETTINGS_KEY and not key.startswith(f"{SETTINGS_KEY}.")]
+    if differences and not overwrite:
+        raise MigeBenchError(
+            f"{run_dir} holds a different run (differs in: {', '.join(differences)}); use another --out, or "
+            "--overwrite to discard its images and scores."
+        )
+    return differences
+
+
 def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
     """Creates the folder, or checks that an existing one was made by the same request (else refuses)."""
-    manifest_path = run_dir / rf.MANIFEST
-    if manifest_path.is_file():
-        existing = rf.read_json(manifest_path)
-        differences = rf.manifest_differences(existing, manifest)
-        if differences and not overwrite:
-            raise MigeBenchError(
-                f"{run_dir} holds a different run (differs in: {', '.join(differences)}); use another --out, or "
-                "--overwrite to discard its images and scores."
-            )
-        if differences:
-            logger.warning("--overwrite: discarding the previous run in %s", run_dir)
-            for name in (rf.SCORES, rf.RESULTS):
-                (run_dir / name).unlink(missing_ok=True)
-            for stale in [*run_dir.glob("failures*.jsonl"), *run_dir.glob("timings*.json"), *run_dir.glob("shards/*")]:
-                stale.unlink()
-            for image in (run_dir / rf.IMAGES).glob("*.png"):
-                image.unlink()
-    rf.write_json_atomic(manifest_path, manifest)
+    if check_run_folder(run_dir, manifest, overwrite):
+        logger.warning("--overwrite: discarding the previous run in %s", run_dir)
+        for name in (rf.SCORES, rf.RESULTS):
+            (run_dir / name).unlink(missing_ok=True)
+        for stale in [*run_dir.glob("failures*.jsonl"), *run_dir.glob("timings*.json"), *run_dir.glob("shards/*")]:
+            stale.unlink()
+        for image in (run_dir / rf.IMAGES).glob("*.png"):
+            image.unlink()
+    rf.write_json_atomic(run_dir / rf.MANIFEST, manifest)
 
 
 def _generation_order(samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -267,7 +355,9 @@ def generate_images(
     for leftover in images_dir.glob(".*.tmp"):  # half-written by a killed process; never under a final name
         leftover.unlink()
     failures_file = rf.failures_path(run_dir, options.shard)
-    failures_file.unlink(missing_ok=True)  # failed samples are retried, so old reasons are stale
+    # Failed samples are retried, so this pass's old reasons are stale. Other shards' files are left alone: their
+    # records stop counting once the images exist (see current_failures).
+    failures_file.unlink(missing_ok=True)
     failures: list[dict[str, str]] = []
     failed_ids: set[str] = set()
 
@@ -339,6 +429,25 @@ def generate_images(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def current_failures(run_dir: Path, images_per_sample: int) -> list[dict[str, Any]]:
+    """The run's failed samples now: one record per sample, ordered by id, from every ``failures*.jsonl``.
+
+    A sample is failed while some file (the run's, a shard's, a merged source's) records it and one of its output
+    images is missing; once the images exist, whoever generated them, the old record no longer counts. A sample
+    recorded several times counts once, with its latest reason. The scoring todo list, the results counts and the
+    failure check all read failures through this function.
+    """
+    records = rf.read_failure_records(run_dir)
+    return [records[sample_id] for sample_id in sorted(records) if _lacks_output(run_dir, sample_id, images_per_sample)]
+
+
+def _lacks_output(run_dir: Path, sample_id: str, images_per_sample: int) -> bool:
+    images = run_dir / rf.IMAGES
+    return not all(
+        (images / f"{output_stem(sample_id, k, images_per_sample)}.png").is_file() for k in range(images_per_sample)
+    )
+
+
 def task_from_manifest(manifest: Mapping[str, Any]) -> Task:
     """The task a run was generated under, rebuilt from the manifest's frozen definition.
 
@@ -403,8 +512,8 @@ def score_images(
     """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
 
     Lines from an earlier, interrupted pass with the same scoring configuration are kept; the rest are computed in
-    chunks of ``score_batch_size`` images and appended as they finish. Samples in ``failures.jsonl`` are not scored
-    (they are counted in the results); any other missing image is an error naming every missing file.
+    chunks of ``score_batch_size`` images and appended as they finish. Failed samples (:func:`current_failures`) are
+    not scored (they are counted in the results); any other missing image is an error naming every missing file.
 
     Each chunk's images go through each encoder once, in batches, however many metrics use them; images are decoded
     and cropped in ``decode_workers`` processes (default: one per core, at most :data:`MAX_DECODE_WORKERS`) one chunk
@@ -416,11 +525,17 @@ def score_images(
     previous = rf.read_jsonl(scores_path)
     kept = [line for line in previous if line.get("scoring_key") == key]
     if len(kept) != len(previous):
-        logger.info("discarding %d score lines made under another scoring configuration", len(previous) - len(kept))
+        logger.warning(
+            "%s: discarding %d of %d score lines: they were made under a different scoring setup (metric bindings, "
+            "backbone weights or metric models changed); those images are scored again",
+            scores_path,
+            len(previous) - len(kept),
+            len(previous),
+        )
         scores_path.unlink()
         rf.append_jsonl(scores_path, kept)
     done = {(line["sample_id"], line["k"]) for line in kept}
-    failed = {record["sample_id"] for record in rf.read_all_failures(run_dir)}
+    failed = {record["sample_id"] for record in current_failures(run_dir, images_per_sample)}
 
     todo: list[tuple[Sample, int, Path]] = []
     missing: list[str] = []
@@ -548,9 +663,11 @@ def _check_failures(failures: Sequence[Mapping[str, Any]], allowed: int, run_dir
     if len(failures) > allowed:
         reasons = Counter(record["reason"] for record in failures)
         listed = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(5))
+        files = rf.failure_files(run_dir, (record["sample_id"] for record in failures))
         raise MigeBenchError(
-            f"{len(failures)} sample(s) failed to generate (allowed: {allowed}; see {run_dir / rf.FAILURES}): "
-            f"{listed}. Scores of the other samples are in {run_dir / rf.RESULTS}; pass --allow-failures N to accept."
+            f"{len(failures)} sample(s) failed to generate (allowed: {allowed}; see "
+            f"{', '.join(str(path) for path in files)}): {listed}. Scores of the other samples are in "
+            f"{run_dir / rf.RESULTS}; pass --allow-failures N to accept."
         )
 
 
@@ -581,14 +698,20 @@ def run(
         raise MigeBenchError("--overwrite cannot be combined with sharding: it would delete other shards' images.")
     task = get_task(request.task)
     samples = load_samples(task, request.data_root, request.limit)
+    check_device(options.device)
+    load_generator = generator_factory(request.model, request.model_args, options.device)
     # Missing metric weights fail here, before hours of generation, with the full list of what to download.
     scoring_backbones = prepare_backbones(task, backbones or {}, options.device) if score else None
     # Building the metrics resolves any extra weights they need (e.g. an entity detector), so those fail early too.
     scoring_metrics = build_metrics(task, scoring_backbones) if score else None
-    generator = build_generator(request.model, request.model_args, options.device)
-    manifest = build_manifest(task, request, generator, samples)
     to_generate = samples if options.shard is None else shard_samples(samples, options.shard)
     with rf.run_lock(out, options.shard):
+        # A folder in use or holding a different run is refused before the model loads (which can take minutes and
+        # many GB of a busy GPU); only the generator's own settings must wait for it.
+        partial = build_manifest(task, request, samples, settings=None)
+        check_run_folder(out, partial, options.overwrite, settings_known=False)
+        generator = load_generator()
+        manifest = build_manifest(task, request, samples, generator.settings)
         prepare_run_folder(out, manifest, options.overwrite)
         started = time.perf_counter()
         failures = generate_images(out, to_generate, generator, request.seed, manifest["images_per_sample"], options)
@@ -646,6 +769,7 @@ def score_run(
             f"{run_dir}: the dataset now yields different samples than when the images were generated "
             f"({len(ids)} now, {manifest['samples']['count']} then); point --data-root at the original data."
         )
+    check_device(options.device)
     scoring_backbones = prepare_backbones(task, backbones or {}, options.device)
     with rf.run_lock(run_dir):
         outcome = _score_locked(run_dir, task, samples, manifest, scoring_backbones, options)
@@ -684,7 +808,7 @@ def _score_locked(
     lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options, metrics=metrics)
     _record_timing(run_dir, "score", time.perf_counter() - started)
     timings = rf.read_all_timings(run_dir)
-    failures = rf.read_all_failures(run_dir)
+    failures = current_failures(run_dir, manifest["images_per_sample"])
     results = build_results(
         manifest=manifest,
         lines=lines,
@@ -705,8 +829,9 @@ def merge_runs(sources: Sequence[Path], out: Path) -> Path:
     """Combines run folders generated separately for the same request (e.g. shards on different machines).
 
     Their manifests must be identical; images are copied into ``out`` (an image present in two sources must be
-    byte-identical), failure records and timings are kept per source. Score the merged folder with
-    :func:`score_run`; the results equal those of an unsharded run (timings aside).
+    byte-identical), and the sources' failures whose images are still missing go to ``failures.merged.jsonl``, one
+    record per sample: merging again, or adding more sources later, never counts a failure twice. Score the merged
+    folder with :func:`score_run`; the results equal those of an unsharded run (timings aside).
     """
     if not sources:
         raise MigeBenchError("merge needs at least one run folder.")
@@ -720,7 +845,7 @@ def merge_runs(sources: Sequence[Path], out: Path) -> Path:
     with rf.run_lock(out):
         prepare_run_folder(out, manifests[0], overwrite=False)
         (out / rf.IMAGES).mkdir(exist_ok=True)
-        for number, source in enumerate(sources):
+        for source in sources:
             for image in sorted((source / rf.IMAGES).glob("*.png")):
                 target = out / rf.IMAGES / image.name
                 data = image.read_bytes()
@@ -728,7 +853,14 @@ def merge_runs(sources: Sequence[Path], out: Path) -> Path:
                     raise MigeBenchError(f"{image.name} differs between merged folders; they are not the same run.")
                 if not target.is_file():
                     rf.write_bytes_atomic(target, data)
-            for record_file in source.glob("failures*.jsonl"):
-                rf.append_jsonl(out / f"failures.merged-{number}{record_file.name[len('failures'):]}",
-                                rf.read_jsonl(record_file))  # fmt: skip
+        # An earlier merge into ``out`` first, then the sources, so a source's latest reason wins.
+        records = {record["sample_id"]: record for record in rf.read_jsonl(out / rf.MERGED_FAILURES)}
+        for source in sources:
+            records.update(rf.read_failure_records(source))
+        images_per_sample = manifests[0]["images_per_sample"]
+        pending = [records[i] for i in sorted(records) if _lacks_output(out, i, images_per_sample)]
+        if pending:
+            rf.write_jsonl_atomic(out / rf.MERGED_FAILURES, pending)
+        else:
+            (out / rf.MERGED_FAILURES).unlink(missing_ok=True)
     return out

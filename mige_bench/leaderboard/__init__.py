@@ -16,9 +16,7 @@ Generated (by ``mige-bench leaderboard``; ``--check`` fails when any of it is st
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +42,7 @@ from mige_bench.leaderboard.site import (
     render_index,
     render_task_page,
 )
-from mige_bench.run_folder import RESULTS, read_json
+from mige_bench.run_folder import RESULTS, read_json, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -115,18 +113,6 @@ def _generated_on_disk(root: Path, html_dir: Path) -> set[Path]:
     return found
 
 
-def _write_bytes_atomic(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_leaderboards(root: Path, html_dir: Path | None = None) -> list[Path]:
     """Renders and writes every generated file, and deletes generated files that are no longer produced.
 
@@ -138,7 +124,7 @@ def write_leaderboards(root: Path, html_dir: Path | None = None) -> list[Path]:
     changed = []
     for path, content in sorted(files.items()):
         if not path.is_file() or path.read_bytes() != content:
-            _write_bytes_atomic(path, content)
+            write_bytes_atomic(path, content)
             changed.append(path)
     for orphan in sorted(_generated_on_disk(root, html_dir) - set(files)):
         orphan.unlink()

@@ -149,6 +149,29 @@ class Row:
         sha = provenance.get("git_sha")
         return f"mige-bench {provenance.get('mige_bench_version', '?')}" + (f" @ {sha[:7]}" if sha else "")
 
+    @property
+    def n_samples(self) -> int:
+        """Samples that have scores: the largest ``n_samples`` of the row's metrics.
+
+        ``counts.scored_samples`` counts the samples the task scores, failed ones included; a failed sample has no
+        score line, so it is in no metric's ``n_samples``.
+        """
+        return max((summary.get("n_samples", 0) for summary in self.results["metrics"].values()), default=0)
+
+    @property
+    def coverage_note(self) -> str | None:
+        """Why the row's means cover fewer samples than the task scores (None when they cover them all).
+
+        Example: ``alpha: 1 sample failed to generate; means are over the 5 of 6 samples that have scores.``
+        """
+        counts = self.results["counts"]
+        expected, failed = counts["scored_samples"], counts.get("failed_samples", 0)
+        if self.n_samples >= expected and not failed:
+            return None
+        failed_clause = f"{failed} {'sample' if failed == 1 else 'samples'} failed to generate; " if failed else ""
+        covered = f"means are over the {self.n_samples} of {expected} samples that have scores"
+        return f"{self.name}: {failed_clause}{covered}."
+
 
 @dataclass(frozen=True)
 class Column:

@@ -19,14 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from mige_bench.leaderboard.collect import LeaderboardTable, TaskPage, format_summary
+from mige_bench.leaderboard.collect import LeaderboardTable, Row, TaskPage, format_summary
 from mige_bench.leaderboard.gallery import GallerySample
 from mige_bench.leaderboard.markdown import (
     CELL_LEGEND,
     PLOTS_DIR,
     REPORTED_LEGEND,
     category_lines,
+    coverage_notes,
     reported_lines,
+    sample_count,
     table_facts,
     table_heading,
 )
@@ -131,6 +133,14 @@ def gallery_filename(page: TaskPage, table: LeaderboardTable) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _sample_count_td(row: Row) -> str:
+    """The ``n`` cell, sorted on the samples with scores; in red, with the note as its tooltip, when incomplete."""
+    note = row.coverage_note
+    if note is None:
+        return _td(sample_count(row), row.n_samples)
+    return f'<td data-sort="{row.n_samples}" class="warning" title="{_e(note)}">{_e(sample_count(row))}</td>'
+
+
 def _ranking_table(table: LeaderboardTable, slug: str) -> list[str]:
     header = ["#", "model", *(column.label for column in table.columns), "n", "version", "date", "source"]
     lines = []
@@ -142,7 +152,7 @@ def _ranking_table(table: LeaderboardTable, slug: str) -> list[str]:
             mean = summary.get("mean") if summary else None
             cells.append(_td(format_summary(summary), "" if mean is None else repr(mean)))
         cells += [
-            _td(row.results["counts"]["scored_samples"], row.results["counts"]["scored_samples"]),
+            _sample_count_td(row),
             _td(row.results["task"]["version"]),
             _td(row.date),
             f'<td><a href="{_href(f"{ASSETS_DIR}/{row.path.as_posix()}")}">{_e(row.source)}</a></td>',
@@ -155,6 +165,7 @@ def _table_section(page: TaskPage, table: LeaderboardTable, plots: Sequence[Plot
     body = [f'<section class="reproduced" id="protocol-{table.fingerprint}">', f"<h2>{_e(table_heading(table))}</h2>"]
     body += ["<ul>"] + [f"<li>{_e(fact.replace('**', '').replace('`', ''))}</li>" for fact in table_facts(table)]
     body += ["</ul>", *_ranking_table(table, page.slug)]
+    body += [f'<p class="warning">{_e(note)}</p>' for note in coverage_notes(table)]
     for key in table.breakdown_keys:
         header, lines = category_lines(table, key)
         body += [f"<h3>{_e(table.primary.name)} by {_e(key)}</h3>"]

@@ -33,7 +33,10 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,6 +61,9 @@ CACHE_FORMAT_VERSION = 1
 
 AS_IS = "image used as is (no region transform)"
 """The image-transform part of the preprocessing description of reference images encoded unchanged."""
+
+WORKER_EXIT_GRACE_S = 1.0
+"""How long an interrupted scoring process lets its decoding workers exit on their own before terminating them."""
 
 
 def default_cache_root(home: Path) -> Path:
@@ -230,21 +236,28 @@ class ImageFeatures:
         """Within the block, :meth:`prefetch` decodes and crops in ``count`` worker processes (none when < 1).
 
         Workers are forked where the platform allows (as torch's ``DataLoader`` does on Linux): they only run PIL and
-        numpy, and start in milliseconds instead of re-importing torch.
+        numpy, and start in milliseconds instead of re-importing torch. They ignore Ctrl-C, which reaches the whole
+        process group: the parent handles it, and when the block ends with an exception (an interrupt or a failure)
+        the pool is stopped without waiting on its queues (see :func:`_stop_workers`).
         """
         if count < 1:
             yield self
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        executor = ProcessPoolExecutor(max_workers=count, mp_context=context)
+        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_interrupts)
         self._executor = executor
+        finished = False
         try:
             yield self
+            finished = True
         finally:
             self._executor = None
             self._prepared.clear()
-            executor.shutdown(wait=True, cancel_futures=True)
+            if finished:
+                executor.shutdown(wait=True, cancel_futures=True)
+            else:
+                _stop_workers(executor, WORKER_EXIT_GRACE_S)
 
     def prefetch(self, requests: Iterable[ImageRequest]) -> None:
         """Starts preparing the announced images in the workers (a no-op outside :meth:`decoding_in_workers`).
@@ -263,11 +276,12 @@ class ImageFeatures:
             if request.cacheable and self._load_cached(key, request.backbone, request.crop_rounding):
                 continue
             recipes.setdefault(request.image, []).append((key, request.backbone, request.crop_rounding))
-        for image, wanted in recipes.items():
-            crops = tuple((self._encoder(backbone).preprocessing, rounding) for _, backbone, rounding in wanted)
-            future = self._executor.submit(decode_and_crop, image, crops)
-            for position, (key, _, _) in enumerate(wanted):
-                self._prepared[key] = (future, position)
+        with _interrupts_deferred():  # a submit may start workers: a Ctrl-C waits until they are started and tracked
+            for image, wanted in recipes.items():
+                crops = tuple((self._encoder(backbone).preprocessing, rounding) for _, backbone, rounding in wanted)
+                future = self._executor.submit(decode_and_crop, image, crops)
+                for position, (key, _, _) in enumerate(wanted):
+                    self._prepared[key] = (future, position)
 
     def precompute(self, requests: Iterable[ImageRequest]) -> None:
         """Encodes every announced image now, one batched pass per (backbone, crop rounding).
@@ -427,3 +441,71 @@ class FeatureBatch:
     def encode(self) -> np.ndarray:
         """Features of every registered image, row ``i`` for the ``i``-th registration."""
         return self._features.resolve(self._items, self._backbone, self._crop_rounding)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding workers and Ctrl-C
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _ignore_interrupts() -> None:
+    """Initializer of the decoding workers: SIGINT is ignored, the parent alone acts on a Ctrl-C.
+
+    A worker interrupted inside a queue operation prints a traceback and may die holding the queue's lock, leaving its
+    siblings, and the parent waiting for them, blocked forever. Workers start with SIGINT blocked
+    (:func:`_interrupts_deferred`), so one sent before this runs is discarded here instead of delivered.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds a Ctrl-C back while the block may start worker processes, and delivers it when the block ends.
+
+    SIGINT is blocked in the calling thread (where the platform has signal masks), so workers start with it blocked
+    until :func:`_ignore_interrupts` ignores it, whatever the start method. In the main thread, a SIGINT received
+    meanwhile (by another thread) is only recorded: a ``KeyboardInterrupt`` raised mid-start could lose track of a
+    started worker, which would then outlive the run, or be swallowed by an at-fork hook, losing the Ctrl-C.
+    """
+    received: list[int] = []
+    defer = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, _: received.append(signum)) if defer else None
+    previous_mask = (
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    )
+    try:
+        yield
+    finally:
+        if previous_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        if defer:
+            signal.signal(signal.SIGINT, previous_handler)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # handled as the restored handler says (KeyboardInterrupt by default)
+
+
+def _stop_workers(executor: ProcessPoolExecutor, grace: float) -> None:
+    """Shuts ``executor`` down without waiting on its queues: pending work is cancelled, and workers still running
+    after ``grace`` seconds are terminated, then killed.
+
+    Unlike ``shutdown(wait=True)``, this cannot block on a queue operation that will never complete. A second Ctrl-C
+    while it waits terminates the workers at once.
+    """
+    # Taken before shutdown() forgets them; Python 3.14's ProcessPoolExecutor.terminate_workers() does the same.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    try:
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(grace)
+            if process.is_alive():
+                process.kill()
+                process.join(grace)

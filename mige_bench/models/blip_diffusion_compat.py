@@ -147,7 +147,7 @@ def load_blip_diffusion(folder: Path, dtype: torch.dtype) -> diffusers.BlipDiffu
         )
         if component_class is None:
             raise MigeBenchError(f"{folder}/model_index.json names an unknown {name} class {class_name!r}.")
-        weights = {"torch_dtype": dtype} if issubclass(component_class, torch.nn.Module) else {}
+        weights = {"dtype": dtype} if issubclass(component_class, torch.nn.Module) else {}
         arguments[name] = component_class.from_pretrained(folder / name, **weights)
     logger.debug("Loaded BLIP-Diffusion components %s from %s", sorted(arguments), folder)
     return diffusers.BlipDiffusionPipeline(**arguments)

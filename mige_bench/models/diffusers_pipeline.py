@@ -250,8 +250,9 @@ class PipelineFamily(ABC):
 
     @classmethod
     def load(cls, pipeline_class: Any, source: str, dtype: torch.dtype) -> Any:
-        """Loads the pipeline from a hub id or a local folder; missing weights raise ``OSError`` subclasses."""
-        return pipeline_class.from_pretrained(source, torch_dtype=dtype)
+        """Loads the pipeline from a local folder or a hub id already in the Hugging Face cache (never downloads:
+        runs use the weights someone fetched on purpose); missing weights raise ``OSError`` subclasses."""
+        return pipeline_class.from_pretrained(source, dtype=dtype, local_files_only=True)
 
     @abstractmethod
     def prepare(self, sample: Sample) -> PreparedInput:
@@ -525,12 +526,12 @@ class BlipDiffusionFamily(PipelineFamily):
 
     @classmethod
     def load(cls, pipeline_class: Any, source: str, dtype: torch.dtype) -> Any:
-        """Builds the pipeline component by component from its folder (downloaded first for a hub id)."""
+        """Builds the pipeline component by component from its folder (for a hub id: its Hugging Face cache copy)."""
         from huggingface_hub import snapshot_download
 
         from mige_bench.models.blip_diffusion_compat import load_blip_diffusion
 
-        folder = Path(source) if Path(source).exists() else Path(snapshot_download(source))
+        folder = Path(source) if Path(source).exists() else Path(snapshot_download(source, local_files_only=True))
         return load_blip_diffusion(folder, dtype)
 
     def check(self, sample: Sample) -> None:
@@ -746,7 +747,7 @@ class DiffusersGenerator(Generator):
         if local.exists() and not (local / "model_index.json").is_file():
             raise MigeBenchError(
                 f"{local} is not a diffusers pipeline folder (no model_index.json); download one with "
-                f"`huggingface-cli download <hub id> --local-dir {local}`."
+                f"`hf download <hub id> --local-dir {local}`."
             )
         source = str(local) if local.exists() else self.pretrained
         try:
@@ -759,14 +760,14 @@ class DiffusersGenerator(Generator):
     def _missing_weights_message(self, gated: bool) -> str:
         hub_id = self.pretrained
         message = (
-            f"Cannot load diffusers weights {hub_id!r} (offline or not downloaded). Fetch them with "
-            f"`huggingface-cli download {hub_id} --local-dir models/{Path(hub_id).name}` and pass "
+            f"Cannot load diffusers weights {hub_id!r}: not downloaded (runs never download weights). Fetch them with "
+            f"`hf download {hub_id} --local-dir models/{Path(hub_id).name}` and pass "
             f"pretrained=models/{Path(hub_id).name}, a folder with model_index.json and one subfolder per component"
         )
         if gated:
             message += (
                 f"; the repository is gated: accept its licence at https://huggingface.co/{hub_id} and run "
-                "`huggingface-cli login` (or set HF_TOKEN) first"
+                "`hf auth login` (or set HF_TOKEN) first"
             )
         return message + "."
 

@@ -51,7 +51,9 @@ class FolderGenerator(Generator):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"dir": str(self.directory.resolve()), "files": len(self.files)}
+        # The folder only: how many files it holds is its content, not a setting, and must not change the manifest,
+        # so that adding a missing image and running again resumes the run.
+        return {"dir": str(self.directory.resolve())}
 
     def generate(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Image.Image]:
         # The runner passes all outputs of a sample together, k ascending (see Generator.generate).

@@ -169,7 +169,9 @@ class MIGEGenerator(Generator):
         if not local.exists() and (self.weights.startswith((".", "/", "~")) or self.weights.count("/") != 1):
             raise MigeBenchError(f"MIGE weights not found at {self.weights}. {_how_to_convert()}")
         try:
-            pipe = MIGEPipeline.from_pretrained(source, dtype={"default": dtype, "vae": torch.float32})
+            pipe = MIGEPipeline.from_pretrained(
+                source, dtype={"default": dtype, "vae": torch.float32}, local_files_only=True
+            )
         except OSError as error:  # hub errors, missing files and offline mode all derive from OSError
             raise MigeBenchError(f"Cannot load MIGE weights {self.weights!r} ({error}). {_how_to_convert()}") from error
         if self.offload:
@@ -231,7 +233,7 @@ def _how_to_convert() -> str:
     return (
         f"Download the official release from https://huggingface.co/{RELEASE_HUB_ID}: model.pth and the folders "
         "t5-v1_1-xxl (config.json + tokenizer files), bert-base-uncased (config.json) and sd-vae-ft-ema, e.g. "
-        f"`huggingface-cli download {RELEASE_HUB_ID} --include model.pth 't5-v1_1-xxl/*.json' "
+        f"`hf download {RELEASE_HUB_ID} --include model.pth 't5-v1_1-xxl/*.json' "
         "'t5-v1_1-xxl/spiece.model' 'bert-base-uncased/config.json' 'sd-vae-ft-ema/*' --local-dir mige_release`; "
         f"convert it with `mige-bench convert-mige --release mige_release --out {target}`; then run with "
         f"--model-args weights={target} (or leave weights out to use that folder)."

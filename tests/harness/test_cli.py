@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from mige_bench import run_folder as rf
-from mige_bench.cli import main, parse_backbones, parse_key_values
+from mige_bench.cli import COMMANDS, EXIT_BROKEN_PIPE, build_parser, main, parse_backbones, parse_key_values
 from mige_bench.errors import MigeBenchError
 
 
@@ -42,12 +47,18 @@ def test_score_an_image_folder(tmp_path, capsys):
     [
         (["run", "--task", "dmeo", "--model", "identity"], "Unknown task 'dmeo'"),
         (["run", "--task", "demo", "--model", "identty"], "Unknown model 'identty'. Did you mean 'identity'?"),
-        (
-            ["run", "--task", "demo", "--model", "identity", "--batch-size", "0"],
-            "--batch-size and --score-batch-size must be at least 1",
-        ),
         (["run", "--task", "demo", "--model", "identity", "--backbone", "clap=x"], "expected clip=..., dino=..."),
         (["score", "/definitely/not/a/run"], "is not a run folder"),
+        (
+            ["run", "--task", "demo", "--model", "folder"],
+            "Model 'folder' needs argument(s) dir: pass --model-args dir=VALUE",
+        ),
+        (["run", "--task", "demo", "--model", "os:path"], "Model 'os:path' is a module, not a subclass of"),
+        (["run", "--task", "demo", "--model", "identity", "--device", "foo"], "--device 'foo' is not a torch device"),
+        (
+            ["score", "runs/demo/identity", "--limit", "2", "--overwrite"],
+            "--limit, --overwrite: only for score --images; a run folder is scored as generated",
+        ),
     ],
 )
 def test_bad_input_gets_one_clear_sentence_and_exit_code_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -105,3 +116,181 @@ def test_demo_golden_numbers(tmp_path):
         column: summary["mean"] for column, summary in json.loads((out / rf.RESULTS).read_text())["metrics"].items()
     }
     assert means == pytest.approx(DEMO_GOLDEN_MEANS, abs=2e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parsing: impossible values, mistyped options, -v, --version
+# ----------------------------------------------------------------------------------------------------------------------
+
+RUN = ["run", "--task", "demo", "--model", "identity", "--no-progress"]
+SCORE_IMAGES = ["score", "--images", "made_elsewhere", "--task", "demo", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*RUN, "--limit", "-1"], "mige-bench run: error: argument --limit: must be at least 1, got -1"),
+        ([*RUN, "--limit", "0"], "mige-bench run: error: argument --limit: must be at least 1, got 0"),
+        (
+            [*RUN, "--images-per-sample", "0"],
+            "mige-bench run: error: argument --images-per-sample: must be at least 1, got 0",
+        ),
+        (
+            [*RUN, "--images-per-sample", "-2"],
+            "mige-bench run: error: argument --images-per-sample: must be at least 1, got -2",
+        ),
+        (
+            [*RUN, "--allow-failures", "-3"],
+            "mige-bench run: error: argument --allow-failures: must be at least 0, got -3",
+        ),
+        ([*RUN, "--batch-size", "0"], "mige-bench run: error: argument --batch-size: must be at least 1, got 0"),
+        ([*RUN, "--limit", "two"], "mige-bench run: error: argument --limit: expected an integer, got 'two'"),
+        ([*SCORE_IMAGES, "--limit", "0"], "mige-bench score: error: argument --limit: must be at least 1, got 0"),
+        ([*RUN, "--limt", "3"], "mige-bench run: error: unrecognized arguments: --limt 3"),
+        (
+            ["data", "check", "demo", "--data-root", "x", "--bogus"],
+            "mige-bench data check: error: unrecognized arguments: --bogus",
+        ),
+    ],
+)
+def test_bad_flags_stop_at_parsing_with_the_subcommand_usage(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"usage: {message.split(':')[0]} [-h] [-v]")
+    assert error.endswith(f"{message}\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_verbose_is_accepted_before_and_after_the_subcommand():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "ls", "tasks"]).verbose is True
+    assert parser.parse_args(["ls", "tasks", "-v"]).verbose is True
+    assert parser.parse_args(["data", "check", "demo", "--data-root", "x", "--verbose"]).verbose is True
+    assert parser.parse_args(["ls", "tasks"]).verbose is False
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"mige-bench {importlib.metadata.version('mige-bench')}\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One line instead of a traceback
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_no_gpu_for_device_cuda_is_one_sentence(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*RUN, "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "error: --device cuda: no CUDA GPU is usable here (torch.cuda.is_available() is False); use --device cpu.\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_pointing_at_a_file_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*RUN, "--out", str(tmp_path / "notes.txt")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'notes.txt'} is a file, not a run folder; choose another --out.\n"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_os_error_no_check_caught_is_one_line_naming_the_path(monkeypatch, capsys):
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", "/shared/runs/demo/results.json")
+
+    monkeypatch.setitem(COMMANDS, "ls", unreadable)
+    assert main(["ls", "tasks"]) == 2
+    assert capsys.readouterr().err == "error: /shared/runs/demo/results.json: Permission denied\n"
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written, as after `| head -1` has its line
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "mige_bench", "ls", "tasks"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert finished.stderr.decode() == ""
+    assert finished.returncode == EXIT_BROKEN_PIPE
+
+
+def test_compare_accepts_run_folders(tmp_path, capsys):
+    for name in ("base", "new"):
+        assert main([*RUN, "--limit", "3", "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "base" / rf.RESULTS), str(tmp_path / "new" / rf.RESULTS)]) == 0
+    from_files = capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "new")]) == 0
+    assert capsys.readouterr().out == from_files
+    assert main([*RUN, "--limit", "3", "--no-score", "--out", str(tmp_path / "unscored")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "unscored")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'unscored'} holds no results.json; score it first with: "
+        f"mige-bench score {tmp_path / 'unscored'}\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# score --images: resumable, with the subset flags of run
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _images_made_elsewhere(tmp_path) -> Path:
+    made = tmp_path / "made"
+    assert main([*RUN, "--out", str(made)]) == 0
+    source = tmp_path / "made_elsewhere"
+    source.mkdir()
+    for image in (made / "images").iterdir():
+        (source / image.name).write_bytes(image.read_bytes())
+    return source
+
+
+def test_score_images_resumes_once_the_missing_file_is_added(tmp_path, capsys):
+    source = _images_made_elsewhere(tmp_path)
+    kept_aside = (source / "keep_everything.png").read_bytes()
+    (source / "keep_everything.png").unlink()
+    argv = ["score", "--images", str(source), "--task", "demo", "--out", str(tmp_path / "scored"), "--no-progress"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "error: 1 sample(s) failed to generate" in capsys.readouterr().err
+    (source / "keep_everything.png").write_bytes(kept_aside)
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "scored" / rf.RESULTS).read_text())
+    assert results["counts"]["failed_samples"] == 0
+    assert results["counts"]["scored_images"] == 6
+    assert results["metrics"] == json.loads((tmp_path / "made" / rf.RESULTS).read_text())["metrics"]
+
+
+def test_score_images_takes_limit_and_overwrite_like_run(tmp_path, capsys):
+    source = _images_made_elsewhere(tmp_path)
+    assert main([*RUN, "--limit", "2", "--out", str(tmp_path / "base")]) == 0
+    argv = ["score", "--images", str(source), "--task", "demo", "--out", str(tmp_path / "new"), "--no-progress"]
+    assert main([*argv, "--limit", "2"]) == 0
+    base = json.loads((tmp_path / "base" / rf.RESULTS).read_text())
+    new = json.loads((tmp_path / "new" / rf.RESULTS).read_text())
+    assert new["counts"]["scored_samples"] == base["counts"]["scored_samples"] == 2
+    assert new["metrics"] == base["metrics"]
+    capsys.readouterr()
+    assert main([*argv, "--limit", "3"]) == 2
+    assert "holds a different run (differs in: limit, samples.count" in capsys.readouterr().err
+    assert main([*argv, "--limit", "3", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "new" / rf.RESULTS).read_text())["counts"]["scored_samples"] == 3

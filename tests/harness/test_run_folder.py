@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
 
 import pytest
 
@@ -56,3 +58,49 @@ def test_atomic_json_write_replaces_whole_file(tmp_path):
     rf.write_json_atomic(path, {"c": 3})
     assert json.loads(path.read_text()) == {"c": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        rf.write_json_atomic(tmp_path / "results.json", {"a": 1})
+        rf.write_bytes_atomic(tmp_path / "image.png", b"png")
+        with (tmp_path / "plain.txt").open("w"):
+            pass
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"results.json": 0o666 & ~umask, "image.png": 0o666 & ~umask, "plain.txt": 0o666 & ~umask}
+
+
+def test_jsonl_written_atomically_reads_back_line_by_line(tmp_path):
+    path = tmp_path / "failures.merged.jsonl"
+    rf.append_jsonl(path, [{"sample_id": "old"}])
+    rf.write_jsonl_atomic(path, [{"sample_id": "a", "reason": "x"}, {"sample_id": "b", "reason": "y"}])
+    assert path.read_text() == '{"reason": "x", "sample_id": "a"}\n{"reason": "y", "sample_id": "b"}\n'
+    assert rf.read_jsonl(path) == [{"reason": "x", "sample_id": "a"}, {"reason": "y", "sample_id": "b"}]
+
+
+def test_a_run_folder_that_is_a_file_is_refused_in_one_sentence(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(MigeBenchError) as error, rf.run_lock(tmp_path / "results.json"):
+        pass
+    assert str(error.value) == f"{tmp_path / 'results.json'} is a file, not a run folder; choose another --out."
+    with pytest.raises(MigeBenchError) as error, rf.run_lock(tmp_path / "results.json" / "run"):
+        pass
+    assert str(error.value) == f"Cannot create the run folder {tmp_path / 'results.json' / 'run'}: Not a directory."
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):  # as on a read-only mount (root ignores chmod, so simulate)
+        if str(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with pytest.raises(MigeBenchError) as error, rf.run_lock(tmp_path):
+        pass
+    assert str(error.value) == f"Cannot write to the run folder {tmp_path}: Read-only file system."

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 from collections.abc import Sequence
 
 import numpy as np
@@ -272,3 +275,152 @@ def test_unusable_output_images_fail_their_sample_with_the_reason(tmp_path):
     reasons = {f["sample_id"]: f["reason"] for f in rf.read_jsonl(tmp_path / "run" / rf.FAILURES)}
     assert "4x4, below the 8-pixel minimum" in reasons["red_circle"]
     assert "entirely black" in reasons["green_square"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Refusals that come before the model loads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class CountingGenerator(NoiseGenerator):
+    """Noise; counts its loads (a real model's load takes minutes and GB of GPU memory) and reports a resolved
+    default, ``steps``, in its settings, as a preset would."""
+
+    name = "counting"
+    loads = 0
+    steps = 4
+
+    def __init__(self) -> None:
+        type(self).loads += 1
+
+    @property
+    def settings(self) -> dict[str, int]:
+        return {"steps": type(self).steps}
+
+
+@pytest.fixture
+def counting(monkeypatch) -> type[CountingGenerator]:
+    monkeypatch.setattr(CountingGenerator, "loads", 0)
+    return CountingGenerator
+
+
+def test_a_folder_in_use_is_refused_before_the_model_loads(tmp_path, counting):
+    request = GenerationRequest(task="demo", model=_path("CountingGenerator"))
+    with rf.run_lock(tmp_path / "run"), pytest.raises(MigeBenchError, match="is in use by process"):
+        run(request, tmp_path / "run", QUIET, score=False)
+    assert counting.loads == 0
+
+
+def test_a_different_run_in_the_folder_is_refused_before_the_model_loads(tmp_path, counting):
+    run(GenerationRequest(task="demo", model=_path("CountingGenerator")), tmp_path / "run", QUIET, score=False)
+    assert counting.loads == 1
+    other = GenerationRequest(task="demo", model=_path("CountingGenerator"), limit=2)
+    with pytest.raises(MigeBenchError, match=r"differs in: limit, samples\.count, samples\.ids_sha256\)"):
+        run(other, tmp_path / "run", QUIET, score=False)
+    assert counting.loads == 1
+
+
+def test_changed_generator_settings_are_refused_once_the_model_has_loaded(tmp_path, counting, monkeypatch):
+    request = GenerationRequest(task="demo", model=_path("CountingGenerator"))
+    run(request, tmp_path / "run", QUIET, score=False)
+    monkeypatch.setattr(CountingGenerator, "steps", 8)  # e.g. a preset's default changed in a new release
+    with pytest.raises(MigeBenchError, match=r"differs in: model\.settings\.steps\)"):
+        run(request, tmp_path / "run", QUIET, score=False)
+    assert json.loads((tmp_path / "run" / rf.MANIFEST).read_text())["model"]["settings"] == {"steps": 4}
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("folder", "Model 'folder' needs argument(s) dir: pass --model-args dir=VALUE"),
+        ("os:path", "Model 'os:path' is a module, not a subclass of mige_bench.models.base.Generator"),
+        ("json:dumps", "Model 'json:dumps' is a function, not a subclass of mige_bench.models.base.Generator"),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_refused_by_name_before_the_run_folder_exists(tmp_path, model, message):
+    with pytest.raises(MigeBenchError) as error:
+        run(GenerationRequest(task="demo", model=model), tmp_path / "run", QUIET)
+    assert message in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("foo", 0, "--device 'foo' is not a torch device; use cpu, cuda, cuda:N or mps."),
+        (
+            "cuda",
+            0,
+            "--device cuda: no CUDA GPU is usable here (torch.cuda.is_available() is False); use --device cpu.",
+        ),
+        ("cuda:2", 1, "--device cuda:2: only 1 CUDA device(s) are visible (cuda:0 onwards)."),
+    ],
+)
+def test_an_unusable_device_is_refused_before_anything_loads(tmp_path, monkeypatch, counting, device, gpus, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    request = GenerationRequest(task="demo", model=_path("CountingGenerator"))
+    with pytest.raises(MigeBenchError) as error:
+        run(request, tmp_path / "run", ExecutionOptions(progress=False, device=device))
+    assert str(error.value) == message
+    assert counting.loads == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: GenerationRequest(task="demo", model="identity", limit=0), "limit must be at least 1 (got 0)"),
+        (lambda: GenerationRequest(task="demo", model="identity", limit=-1), "limit must be at least 1 (got -1)"),
+        (
+            lambda: GenerationRequest(task="demo", model="identity", images_per_sample=0),
+            "images_per_sample must be at least 1 (got 0)",
+        ),
+        (
+            lambda: GenerationRequest(task="demo", model="identity", images_per_sample=-2),
+            "images_per_sample must be at least 1 (got -2)",
+        ),
+        (lambda: ExecutionOptions(allow_failures=-3), "allow_failures must be at least 0 (got -3)"),
+        (lambda: ExecutionOptions(batch_size=0), "batch_size must be at least 1 (got 0)"),
+        (lambda: ExecutionOptions(score_batch_size=-1), "score_batch_size must be at least 1 (got -1)"),
+        (lambda: ExecutionOptions(shard=(2, 2)), "shard (2, 2): expected (i, n) with 0 <= i < n."),
+    ],
+)
+def test_the_python_api_refuses_impossible_counts(build, message):
+    with pytest.raises(MigeBenchError) as error:
+        build()
+    assert str(error.value).startswith(message)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Re-scoring and file permissions
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_rescoring_under_another_setup_warns_how_many_score_lines_it_discards(tmp_path, caplog):
+    run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET)
+    scores = tmp_path / "run" / rf.SCORES
+    lines = rf.read_jsonl(scores)
+    scores.unlink()
+    rf.append_jsonl(scores, [{**line, "scoring_key": "an-older-setup"} for line in lines[:4]] + lines[4:])
+    with caplog.at_level(logging.WARNING, logger="mige_bench.runner"):
+        score_run(tmp_path / "run", QUIET)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"{scores}: discarding 4 of 6 score lines: they were made under a different scoring setup (metric bindings, "
+        "backbone weights or metric models changed); those images are scored again"
+    ]
+    assert len(rf.read_jsonl(scores)) == 6
+
+
+def test_run_files_are_readable_by_others_under_the_usual_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET)
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "run" / name for name in (rf.MANIFEST, rf.RESULTS, "timings.json")]
+    written += sorted((tmp_path / "run" / rf.IMAGES).glob("*.png"))
+    assert len(written) == 9
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {path.name: 0o644 for path in written}

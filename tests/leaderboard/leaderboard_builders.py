@@ -48,6 +48,7 @@ def results_file(
     metrics: Mapping[str, tuple[float, float, float]],
     *,
     n: int = 4,
+    failed: int = 0,
     breakdown: Mapping[str, Mapping[str, tuple[float, float, float, int]]] | None = None,
     version: int = 1,
     dino_weights: str = DINO_WEIGHTS,
@@ -55,7 +56,10 @@ def results_file(
     task_id: str = "toy@mige",
     created_at: str = "2025-03-01T12:00:00+00:00",
 ) -> dict[str, Any]:
-    """A results file; ``metrics``: column -> (mean, ci low, ci high); ``breakdown``: category -> l1 values."""
+    """A results file; ``metrics``: column -> (mean, ci low, ci high); ``breakdown``: category -> l1 values.
+
+    ``n`` samples are meant to be scored; ``failed`` of them failed to generate, so the metrics cover ``n - failed``.
+    """
     task = copy.deepcopy(TASK)
     task["version"] = version
     task["id"] = task_id
@@ -69,13 +73,19 @@ def results_file(
         "seed": {"base": 0, "rule": "fixed"},
         "images_per_sample": 1,
         "comparable": True,
-        "counts": {"samples": n, "scored_samples": n, "expected_images": n, "scored_images": n, "failed_samples": 0},
+        "counts": {
+            "samples": n,
+            "scored_samples": n,
+            "expected_images": n,
+            "scored_images": n - failed,
+            "failed_samples": failed,
+        },
         "metrics": {
             column: {
                 "metric": column,
                 "higher_is_better": DIRECTIONS[column],
-                **summary(*values, n),
-                "n_images": n,
+                **summary(*values, n - failed),
+                "n_images": n - failed,
                 "excluded": {},
                 "counters": {},
             }
@@ -87,7 +97,7 @@ def results_file(
                 for category, (mean, low, high, count) in (breakdown or {}).items()
             }
         },
-        "failures": {"count": 0, "reasons": {}},
+        "failures": {"count": failed, "reasons": {"RuntimeError: out of memory": failed} if failed else {}},
         "provenance": {
             "mige_bench_version": "0.1.0",
             "git_sha": "0123456789abcdef",

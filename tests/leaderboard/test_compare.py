@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,35 @@ BASE_DINO = [0.80 + 0.005 * (index % 7) for index in range(20)]
 CATEGORIES = {sample_id: ("a" if index < 10 else "b") for index, sample_id in enumerate(SAMPLES)}
 
 
-def _run(tmp_path: Path, name: str, l1_shift: float, dino_shift: float, **results_options) -> Path:
-    """A run whose per-sample scores are the base scores shifted; ``l1_shift`` applies to category b only."""
+def _run(
+    tmp_path: Path,
+    name: str,
+    l1_shift: float,
+    dino_shift: float,
+    failed: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    **results_options,
+) -> Path:
+    """A run whose per-sample scores are the base scores shifted; ``l1_shift`` applies to category b only.
+
+    ``failed`` samples have no score line and a line in ``failures.jsonl``; ``absent`` ones are not in the run.
+    """
     scores = {
         sample_id: {
             "l1": BASE_L1[index] + (l1_shift if CATEGORIES[sample_id] == "b" else 0.0),
             "dino": BASE_DINO[index] + dino_shift * (1 if index % 2 else -1) * (index % 3),
         }
         for index, sample_id in enumerate(SAMPLES)
+        if sample_id not in failed and sample_id not in absent
     }
-    results = results_file(name, {"l1": (0.1, 0.1, 0.1), "dino": (0.8, 0.8, 0.8)}, n=20, **results_options)
-    return write_run(tmp_path / name, results, scores, CATEGORIES)
+    results = results_file(
+        name, {"l1": (0.1, 0.1, 0.1), "dino": (0.8, 0.8, 0.8)}, n=20, failed=len(failed), **results_options
+    )
+    path = write_run(tmp_path / name, results, scores, CATEGORIES)
+    records = [{"sample_id": sample_id, "reason": "RuntimeError: CUDA out of memory"} for sample_id in failed]
+    if records:
+        (path.parent / "failures.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
 
 
 def _by_scope(comparison, column: str) -> dict[str, object]:
@@ -86,7 +105,82 @@ def test_only_shared_samples_are_paired(tmp_path: Path) -> None:
     comparison = compare_runs(base, new)
     assert (comparison.shared_samples, comparison.only_in_base, comparison.only_in_new) == (20, 0, 1)
     assert _by_scope(comparison, "l1")[OVERALL].mean_diff == 0.0
-    assert "on 20 shared samples (0 only in base, 1 only in new)" in format_comparison(comparison)
+    assert comparison.passed  # samples scored only in the candidate never fail the gate
+    output = format_comparison(comparison)
+    assert "on 20 shared samples (0 only in base, 1 only in new)" in output
+    assert output.endswith("PASS: no metric regressed beyond its tolerance with significance.")
+
+
+MISSING_FAIL = (
+    "FAIL: 2 samples scored in the base run have no score in the new run: 1 failed to generate (s03), 1 is not in the "
+    "new run (s07); the means above leave them out (allowed: 0; pass --allow-missing 2 to accept)."
+)
+MISSING_NOTE = (
+    "NOTE: 2 samples scored in the base run have no score in the new run: 1 failed to generate (s03), 1 is not in the "
+    "new run (s07); accepted by --allow-missing 2, and left out of the means above."
+)
+
+
+def test_a_candidate_lacking_base_samples_fails_the_gate_naming_them(tmp_path: Path) -> None:
+    base = _run(tmp_path, "base", 0.0, 0.0)
+    new = _run(tmp_path, "new", 0.0, 0.0, failed=("s03",), absent=("s07",))
+    comparison = compare_runs(base, new)
+    assert comparison.missing_in_new == ("s03", "s07")
+    assert comparison.failed_in_new == ("s03",)
+    assert (comparison.shared_samples, comparison.only_in_base, comparison.only_in_new) == (18, 2, 0)
+    assert comparison.regressions == []
+    assert comparison.too_many_missing
+    assert not comparison.passed
+    output = format_comparison(comparison)
+    assert "on 18 shared samples (2 only in base, 0 only in new)" in output
+    assert output.endswith("\n\n" + MISSING_FAIL)
+    assert "PASS" not in output
+
+
+def test_allow_missing_accepts_up_to_n_missing_samples(tmp_path: Path) -> None:
+    base = _run(tmp_path, "base", 0.0, 0.0)
+    new = _run(tmp_path, "new", 0.0, 0.0, failed=("s03",), absent=("s07",))
+    one_allowed = compare_runs(base, new, allow_missing=1)
+    assert not one_allowed.passed
+    assert "(allowed: 1; pass --allow-missing 2 to accept)." in format_comparison(one_allowed)
+    comparison = compare_runs(base, new, allow_missing=2)
+    assert comparison.passed
+    assert format_comparison(comparison).endswith(
+        "\n\nPASS: no metric regressed beyond its tolerance with significance.\n" + MISSING_NOTE
+    )
+    with pytest.raises(MigeBenchError, match=r"--allow-missing -1: expected a non-negative number of samples\."):
+        compare_runs(base, new, allow_missing=-1)
+
+
+def test_a_regression_and_missing_samples_are_both_reported(tmp_path: Path) -> None:
+    base = _run(tmp_path, "base", 0.0, 0.0)
+    new = _run(tmp_path, "new", 0.05, 0.0, failed=("s03",))
+    output = format_comparison(compare_runs(base, new))
+    assert output.endswith(
+        "\n\nFAIL: 1 metric(s) regressed beyond tolerance with significance: l1.\n"
+        "FAIL: 1 sample scored in the base run has no score in the new run: 1 failed to generate (s03); the means "
+        "above leave them out (allowed: 0; pass --allow-missing 1 to accept)."
+    )
+
+
+def test_a_long_list_of_missing_samples_is_cut_after_ten_ids(tmp_path: Path) -> None:
+    base = _run(tmp_path, "base", 0.0, 0.0)
+    new = _run(tmp_path, "new", 0.0, 0.0, failed=tuple(SAMPLES[:12]))
+    assert (
+        "FAIL: 12 samples scored in the base run have no score in the new run: 12 failed to generate (s00, s01, s02, "
+        "s03, s04, s05, s06, s07, s08, s09 and 2 more);"
+    ) in format_comparison(compare_runs(base, new))
+
+
+def test_cli_exits_1_when_the_candidate_lacks_samples_unless_allowed(tmp_path: Path, capsys) -> None:
+    base = _run(tmp_path, "base", 0.0, 0.0)
+    new = _run(tmp_path, "new", 0.0, 0.0, failed=("s03",), absent=("s07",))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(base), str(new)])
+    assert exit_info.value.code == 1
+    assert MISSING_FAIL in capsys.readouterr().out
+    assert main(["compare", str(base), str(new), "--allow-missing", "2"]) == 0
+    assert MISSING_NOTE in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

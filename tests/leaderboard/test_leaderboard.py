@@ -25,9 +25,10 @@ GOLDEN_MARKDOWN = """\
 
 A toy editing task built in the tests.
 
-Cells: mean [bootstrap 95% CI] over samples (several images of one sample count once); **n**: scored samples. \
-Rows are ranked on the task's primary metric. A table holds one task version, one protocol definition and one set of \
-metric backbones (its fingerprint); results measured otherwise get a table of their own.
+Cells: mean [bootstrap 95% CI] over samples (several images of one sample count once); **n**: samples with scores \
+(†: samples failed to generate and are left out of the means; see the note under the table). Rows are ranked on the \
+task's primary metric. A table holds one task version, one protocol definition and one set of metric backbones (its \
+fingerprint); results measured otherwise get a table of their own.
 
 ## Reproduced with mige-bench: version 1, protocol 3c4b563e
 
@@ -142,6 +143,41 @@ def test_higher_is_better_primary_metric_ranks_the_largest_first(board: Path) ->
     (table,) = group_into_tables(collect_rows(board))
     assert [row.name for row in table.rows] == ["identity", "alpha"]
     assert table.columns[0].label == "dino ↑"
+
+
+def test_a_row_with_failed_samples_shows_the_samples_with_scores_and_a_note(board: Path) -> None:
+    crashy = results_file("folder", {"l1": (0.05, 0.04, 0.06), "dino": (0.5, 0.4, 0.6)}, n=6, failed=1)
+    add_row_file(board, "crashy", crashy)
+    write_leaderboards(board)
+    markdown = (board / "toy@mige.md").read_text(encoding="utf-8")
+    assert (
+        "| 1 | crashy | 0.0500 [0.0400, 0.0600] | 0.5000 [0.4000, 0.6000] | 5 of 6 † | 1 | 2025-03-01 | "
+        "[mige-bench 0.1.0 @ 0123456](results/toy@mige/crashy.json) |"
+    ) in markdown
+    assert "| 2 | alpha | 0.1000 [0.0800, 0.1200] | 0.7000 [0.6000, 0.8000] | 4 | 1 |" in markdown
+    note = "† crashy: 1 sample failed to generate; means are over the 5 of 6 samples that have scores."
+    ranking_end = markdown.index("results/toy@mige/identity.json) |")
+    assert markdown.index(f"\n\n{note}\n\n") > ranking_end
+    assert markdown.count("†") == 2 + 1  # the legend, the cell, the note
+
+    page = _parse(board / "site" / "toy@mige.html")
+    (crashy,) = [row for row in page.rows if row[:2] == ["1", "crashy"]]
+    assert crashy[4] == "5 of 6 †"
+    html_text = (board / "site" / "toy@mige.html").read_text(encoding="utf-8")
+    assert f'<td data-sort="5" class="warning" title="{note[2:]}">5 of 6 †</td>' in html_text
+    assert f'<p class="warning">{note}</p>' in html_text
+    assert '<td data-sort="4">4</td>' in html_text  # complete rows: plain count
+
+
+def test_a_sample_without_any_score_is_flagged_even_without_a_recorded_failure(board: Path) -> None:
+    results = results_file("folder", {"l1": (0.05, 0.04, 0.06)}, n=6, failed=1)
+    results["counts"]["failed_samples"] = 0  # e.g. every metric excluded it by protocol
+    add_row_file(board, "gappy", results)
+    (table,) = group_into_tables(collect_rows(board))
+    (gappy,) = [row for row in table.rows if row.name == "gappy"]
+    assert gappy.n_samples == 5
+    assert gappy.coverage_note == "gappy: means are over the 5 of 6 samples that have scores."
+    assert [row.coverage_note for row in table.rows if row.name != "gappy"] == [None, None]
 
 
 def test_version_protocol_and_backbone_changes_get_separate_tables(board: Path) -> None:

@@ -175,5 +175,5 @@ def test_blip_diffusion_preset_loads_from_a_folder_with_its_settings(blip_diffus
 
 def test_blip_diffusion_missing_weights_name_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MigeBenchError, match=r"no-such-org/no-such-blip.*huggingface-cli download"):
+    with pytest.raises(MigeBenchError, match=r"no-such-org/no-such-blip.*`hf download"):
         DiffusersGenerator(pretrained="no-such-org/no-such-blip", pipeline="BlipDiffusionPipeline")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -411,10 +412,18 @@ def test_qwen_presets_pin_true_cfg_and_record_the_output_size_rule(
 # -- Loading, presets, registry ---------------------------------------------------------------------------------------
 
 
-def test_missing_weights_name_the_hub_id_and_how_to_download(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MigeBenchError, match=r"no-such-org/no-such-model.*huggingface-cli download"):
+def test_missing_weights_name_the_hub_id_and_how_to_download_without_trying_the_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Online mode: the run must still not download (weights are fetched on purpose, with the command it names).
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    with pytest.raises(MigeBenchError, match=r"no-such-org/no-such-model': not downloaded.*`hf download"):
         DiffusersGenerator(pretrained="no-such-org/no-such-model", pipeline="StableDiffusionInstructPix2PixPipeline")
+
+
+def _no_network(*args: object) -> None:
+    raise AssertionError("the adapter tried to reach the network")
 
 
 def test_gated_weights_say_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -423,7 +432,7 @@ def test_gated_weights_say_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) 
     generator.pretrained = "black-forest-labs/FLUX.1-Kontext-dev"
     message = generator._missing_weights_message(gated=True)
     assert "accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev" in message
-    assert "huggingface-cli login" in message
+    assert "`hf auth login`" in message
 
 
 def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
