@@ -28,12 +28,14 @@ than it saves.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -61,6 +63,9 @@ CACHE_FORMAT_VERSION = 1
 
 AS_IS = "image used as is (no region transform)"
 """The image-transform part of the preprocessing description of reference images encoded unchanged."""
+
+# linux/prctl.h: deliver a signal to this process when its parent exits.
+_PR_SET_PDEATHSIG = 1
 
 WORKER_EXIT_GRACE_S = 1.0
 """How long an interrupted scoring process lets its decoding workers exit on their own before terminating them."""
@@ -245,7 +250,7 @@ class ImageFeatures:
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_interrupts)
+        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_prepare_worker)
         self._executor = executor
         finished = False
         try:
@@ -448,8 +453,9 @@ class FeatureBatch:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _ignore_interrupts() -> None:
-    """Initializer of the decoding workers: SIGINT is ignored, the parent alone acts on a Ctrl-C.
+def _prepare_worker() -> None:
+    """Initializer of the decoding workers: SIGINT is ignored, the parent alone acts on a Ctrl-C; on Linux a worker
+    also dies with its parent (a SIGKILLed run would otherwise leave its workers waiting on the queue forever).
 
     A worker interrupted inside a queue operation prints a traceback and may die holding the queue's lock, leaving its
     siblings, and the parent waiting for them, blocked forever. Workers start with SIGINT blocked
@@ -458,6 +464,12 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 @contextmanager
@@ -465,7 +477,7 @@ def _interrupts_deferred() -> Iterator[None]:
     """Holds a Ctrl-C back while the block may start worker processes, and delivers it when the block ends.
 
     SIGINT is blocked in the calling thread (where the platform has signal masks), so workers start with it blocked
-    until :func:`_ignore_interrupts` ignores it, whatever the start method. In the main thread, a SIGINT received
+    until :func:`_prepare_worker` ignores it, whatever the start method. In the main thread, a SIGINT received
     meanwhile (by another thread) is only recorded: a ``KeyboardInterrupt`` raised mid-start could lose track of a
     started worker, which would then outlive the run, or be swallowed by an at-fork hook, losing the Ctrl-C.
     """

@@ -142,3 +142,29 @@ def test_ctrl_c_while_scoring_exits_promptly_without_worker_tracebacks(tmp_path:
     lines = rf.read_jsonl(out / rf.SCORES)
     assert lines_before <= len(lines) < 240
     assert not (out / rf.LOCK).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_decoding_workers_die_with_a_killed_scoring_process(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-c", CLI, "run", "--task", "demo", "--model", "identity", "--images-per-sample", "40",
+        "--score-batch-size", "8", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    env = dict(os.environ, MIGE_BENCH_HOME=str(tmp_path / "home"))
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path
+    )
+    try:
+        _wait_for_score_line(out / rf.SCORES, process)
+        process.kill()  # the scoring process alone, as an OOM killer or a cluster's preemption would
+        process.wait()
+        deadline = time.monotonic() + 10
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = _group_alive(process.pid)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not orphans, "decoding workers outlived their killed parent"
