@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -96,6 +97,19 @@ def _wait_for_score_line(scores: Path, process: subprocess.Popen) -> int:
     return lines
 
 
+def _start_long_scoring_run(tmp_path: Path, out: Path, stderr: Any) -> subprocess.Popen:
+    """The CLI on the demo task with 240 images in 30 scoring chunks (seconds of scoring left after the first chunk),
+    in its own process group, as a shell runs a foreground job: a Ctrl-C reaches the CLI and its workers alike."""
+    command = [
+        sys.executable, "-c", CLI, "run", "--task", "demo", "--model", "identity", "--images-per-sample", "40",
+        "--score-batch-size", "8", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    env = dict(os.environ, MIGE_BENCH_HOME=str(tmp_path / "home"))
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, cwd=tmp_path
+    )
+
+
 def _group_alive(group: int) -> bool:
     try:
         os.killpg(group, 0)
@@ -108,17 +122,9 @@ def _group_alive(group: int) -> bool:
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
 def test_ctrl_c_while_scoring_exits_promptly_without_worker_tracebacks(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-c", CLI, "run", "--task", "demo", "--model", "identity", "--images-per-sample", "40",
-        "--score-batch-size", "8", "--out", str(out), "--no-progress",
-    ]  # fmt: skip  # 240 images in 30 chunks: seconds of scoring left after the first chunk
-    env = dict(os.environ, MIGE_BENCH_HOME=str(tmp_path / "home"))
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("wb") as stderr:
-        # Its own process group, as a shell gives a foreground job: Ctrl-C reaches the CLI and its workers alike.
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, cwd=tmp_path
-        )
+        process = _start_long_scoring_run(tmp_path, out, stderr)
         try:
             lines_before = _wait_for_score_line(out / rf.SCORES, process)
             os.killpg(process.pid, signal.SIGINT)
@@ -148,14 +154,7 @@ def test_ctrl_c_while_scoring_exits_promptly_without_worker_tracebacks(tmp_path:
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
 def test_decoding_workers_die_with_a_killed_scoring_process(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-c", CLI, "run", "--task", "demo", "--model", "identity", "--images-per-sample", "40",
-        "--score-batch-size", "8", "--out", str(out), "--no-progress",
-    ]  # fmt: skip
-    env = dict(os.environ, MIGE_BENCH_HOME=str(tmp_path / "home"))
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path
-    )
+    process = _start_long_scoring_run(tmp_path, out, subprocess.DEVNULL)
     try:
         _wait_for_score_line(out / rf.SCORES, process)
         process.kill()  # the scoring process alone, as an OOM killer or a cluster's preemption would

@@ -53,6 +53,23 @@ from transformers import (
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+@pytest.fixture
+def record_call_sizes(monkeypatch: pytest.MonkeyPatch):
+    """``record(generator)``: a list that fills with the batch size of every pipeline call the generator makes."""
+
+    def record(generator) -> list[int]:
+        sizes: list[int] = []
+        run_family = generator.family.call
+        monkeypatch.setattr(
+            generator.family,
+            "call",
+            lambda pipe, batch, *rest: sizes.append(len(batch)) or run_family(pipe, batch, *rest),
+        )
+        return sizes
+
+    return record
+
+
 def tiny_clip_tokenizer() -> CLIPTokenizer:
     """A character-level CLIP BPE tokenizer (no merges): every lower-case letter, alone or word-final."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}

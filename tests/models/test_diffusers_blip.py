@@ -136,15 +136,9 @@ def test_blip_diffusion_same_seed_is_byte_identical_other_seeds_differ_and_batch
     assert pixels(batch[0]) != pixels(alone)
 
 
-def test_blip_diffusion_batch_calls_share_one_call(blip_diffusion_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blip_diffusion_batch_calls_share_one_call(blip_diffusion_dir: Path, record_call_sizes) -> None:
     batched = DiffusersGenerator(pretrained=str(blip_diffusion_dir), batch_calls="1", **BLIP_AT_32_PX)
-    call_sizes = []
-    run_family = batched.family.call
-    monkeypatch.setattr(
-        batched.family,
-        "call",
-        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
-    )
+    call_sizes = record_call_sizes(batched)
     images = batched.generate([subject_sample("a", seed=1), subject_sample("b", seed=2)], [1, 2])
     assert call_sizes == [2]
     assert len(images) == 2

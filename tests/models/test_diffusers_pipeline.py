@@ -76,16 +76,10 @@ def test_instruct_pix2pix_image_does_not_depend_on_its_batch(instruct_pix2pix: D
 
 
 def test_batch_calls_share_one_pipeline_call_with_per_image_noise(
-    instruct_pix2pix_dir: Path, monkeypatch: pytest.MonkeyPatch
+    instruct_pix2pix_dir: Path, record_call_sizes
 ) -> None:
     batched = DiffusersGenerator(pretrained=str(instruct_pix2pix_dir), resolution="64", batch_calls="1", **TWO_STEPS)
-    call_sizes = []
-    run_family = batched.family.call
-    monkeypatch.setattr(
-        batched.family,
-        "call",
-        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
-    )
+    call_sizes = record_call_sizes(batched)
     target = edit_sample("target", seed=1)
     images = batched.generate([edit_sample("b", seed=2), target, target], [5, 7, 7])
     assert call_sizes == [3]
@@ -233,17 +227,9 @@ def test_flux_kontext_same_seed_is_byte_identical_other_seeds_differ_and_batches
     assert pixels(batch[0]) != pixels(alone)
 
 
-def test_flux_kontext_batch_calls_share_a_call_per_source_size(
-    flux_kontext_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_flux_kontext_batch_calls_share_a_call_per_source_size(flux_kontext_dir: Path, record_call_sizes) -> None:
     batched = DiffusersGenerator(pretrained=str(flux_kontext_dir), batch_calls="1", **KONTEXT_AT_SOURCE_SIZE)
-    call_sizes = []
-    run_family = batched.family.call
-    monkeypatch.setattr(
-        batched.family,
-        "call",
-        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
-    )
+    call_sizes = record_call_sizes(batched)
     square, wide = edit_sample("square", width=32, height=32), edit_sample("wide", width=48, height=32)
     images = batched.generate([square, square, wide], [1, 2, 3])
     assert call_sizes == [2, 1]
@@ -329,18 +315,12 @@ def test_qwen_image_edit_same_seed_is_byte_identical_other_seeds_differ_and_batc
 
 
 def test_qwen_image_edit_batch_calls_share_a_call_per_source_size_with_true_cfg(
-    qwen_image_edit_dir: Path, small_qwen_area: None, monkeypatch: pytest.MonkeyPatch
+    qwen_image_edit_dir: Path, small_qwen_area: None, record_call_sizes
 ) -> None:
     batched = DiffusersGenerator(
         pretrained=str(qwen_image_edit_dir), batch_calls="1", true_cfg_scale="4", negative_prompt=" ", **TWO_STEPS
     )
-    call_sizes = []
-    run_family = batched.family.call
-    monkeypatch.setattr(
-        batched.family,
-        "call",
-        lambda pipe, batch, *rest: call_sizes.append(len(batch)) or run_family(pipe, batch, *rest),
-    )
+    call_sizes = record_call_sizes(batched)
     square, wide = edit_sample("square", width=32, height=32), edit_sample("wide", width=48, height=32)
     images = batched.generate([square, square, wide], [1, 2, 3])
     assert call_sizes == [2, 1]
