@@ -97,6 +97,14 @@ def _wait_for_score_line(scores: Path, process: subprocess.Popen) -> int:
     return lines
 
 
+def _group_still_alive_after(group: int, seconds: float) -> bool:
+    """Whether any process of ``group`` is still alive after waiting up to ``seconds`` for all of them to exit."""
+    deadline = time.monotonic() + seconds
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _group_alive(group)
+
+
 def _start_long_scoring_run(tmp_path: Path, out: Path, stderr: Any) -> subprocess.Popen:
     """The CLI on the demo task with 240 images in 30 scoring chunks (seconds of scoring left after the first chunk),
     in its own process group, as a shell runs a foreground job: a Ctrl-C reaches the CLI and its workers alike."""
@@ -132,10 +140,7 @@ def test_ctrl_c_while_scoring_exits_promptly_without_worker_tracebacks(tmp_path:
                 returncode = process.wait(timeout=EXIT_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 pytest.fail(f"still running {EXIT_TIMEOUT_S} s after Ctrl-C:\n{stderr_path.read_text()}")
-            deadline = time.monotonic() + 5
-            while _group_alive(process.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            orphans = _group_alive(process.pid)
+            orphans = _group_still_alive_after(process.pid, 5)
         finally:
             if _group_alive(process.pid):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -159,10 +164,7 @@ def test_decoding_workers_die_with_a_killed_scoring_process(tmp_path: Path) -> N
         _wait_for_score_line(out / rf.SCORES, process)
         process.kill()  # the scoring process alone, as an OOM killer or a cluster's preemption would
         process.wait()
-        deadline = time.monotonic() + 10
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        orphans = _group_alive(process.pid)
+        orphans = _group_still_alive_after(process.pid, 10)
     finally:
         if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
