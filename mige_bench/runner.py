@@ -204,6 +204,19 @@ def generator_factory(model: str, model_args: Mapping[str, str], device: str) ->
     return functools.partial(generator_class, **arguments)
 
 
+def check_generator_fits(generator: Generator, model: str, task: Task, samples: Sequence[Sample]) -> None:
+    """Refuses a task whose samples are of a kind the loaded model cannot run, before anything is generated.
+
+    Without it every sample would fail on its own and the run would end as a folder of failure records.
+    """
+    unfit = sorted({sample.kind for sample in samples} - set(generator.task_kinds))
+    if unfit:
+        raise MigeBenchError(
+            f"Model {model!r} cannot run task {task.id}: its samples are of kind {', '.join(unfit)}, and the model "
+            f"runs {', '.join(generator.task_kinds)} only. Pick a task of those kinds or another model."
+        )
+
+
 def check_device(device: str) -> None:
     """Refuses a device torch cannot use on this machine, before any model or backbone loads."""
     import torch
@@ -711,6 +724,7 @@ def run(
         partial = build_manifest(task, request, samples, settings=None)
         check_run_folder(out, partial, options.overwrite, settings_known=False)
         generator = load_generator()
+        check_generator_fits(generator, request.model, task, samples)
         manifest = build_manifest(task, request, samples, generator.settings)
         prepare_run_folder(out, manifest, options.overwrite)
         started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mige_bench.errors import MigeBenchError
 from mige_bench.images import ImageRef
@@ -13,6 +13,8 @@ from mige_bench.images import ImageRef
 SampleKind = Literal["subject", "edit", "subject_edit"]
 """The three task kinds of MIGE: subject-driven generation (edit a blank canvas), instruction editing, and
 instruction-based subject-driven editing."""
+
+SAMPLE_KINDS: tuple[SampleKind, ...] = get_args(SampleKind)
 
 IMAGE_PLACEHOLDER = "<imagehere>"
 """Marker for an image inside a multimodal instruction (MIGE's convention)."""

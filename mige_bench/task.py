@@ -13,12 +13,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 
 from mige_bench.errors import MigeBenchError
-from mige_bench.sample import SampleKind
+from mige_bench.sample import SAMPLE_KINDS, SampleKind
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ def parse_task(raw: Any, source: str = "<task>") -> Task:
             raise _fail(source, f"key {key!r} must be of type {names}, got {type(value).__name__} ({value!r}).")
     if raw["version"] < 1:
         raise _fail(source, "'version' must be a positive integer.")
-    if raw["kind"] not in get_args(SampleKind):
-        raise _fail(source, f"'kind' must be one of {', '.join(get_args(SampleKind))}, got {raw['kind']!r}.")
+    if raw["kind"] not in SAMPLE_KINDS:
+        raise _fail(source, f"'kind' must be one of {', '.join(SAMPLE_KINDS)}, got {raw['kind']!r}.")
     if raw["loader"] not in LOADERS:
         raise _fail(source, f"unknown loader {raw['loader']!r}; known: {', '.join(sorted(LOADERS))}.")
     allowed_data = data_keys(raw["loader"])

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from mige_bench.sample import Sample
+from mige_bench.sample import SAMPLE_KINDS, Sample, SampleKind
 
 
 class Generator(ABC):
@@ -26,6 +26,9 @@ class Generator(ABC):
     """
 
     name: ClassVar[str]
+    task_kinds: tuple[SampleKind, ...] = SAMPLE_KINDS
+    """The sample kinds this generator can run. The runner refuses a task of another kind once the model has loaded,
+    before anything is generated or written (adapters whose kinds depend on the loaded model override it)."""
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -663,6 +663,10 @@ class DiffusersGenerator(Generator):
         self._preset = base
 
     @property
+    def task_kinds(self) -> tuple[SampleKind, ...]:
+        return self.family.task_kinds
+
+    @property
     def settings(self) -> dict[str, Any]:
         preset = self._preset
         return {

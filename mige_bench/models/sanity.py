@@ -45,6 +45,7 @@ class CopyReferenceGenerator(Generator):
     """Returns the first subject image of each sample (subject-driven tasks only)."""
 
     name = "copy_reference"
+    task_kinds = ("subject", "subject_edit")
 
     def generate(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Image.Image]:
         images = []

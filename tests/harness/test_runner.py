@@ -195,6 +195,17 @@ def test_resume_refuses_manifest_mismatch_and_names_the_keys(tmp_path):
     assert json.loads((tmp_path / "run" / rf.MANIFEST).read_text())["seed"]["base"] == 1
 
 
+def test_a_model_that_cannot_run_the_task_kind_is_refused_before_anything_is_written(tmp_path):
+    # copy_reference needs subject images; the demo is an editing task. Without the check each of the 6 samples
+    # would fail on its own and leave a folder of failure records.
+    with pytest.raises(MigeBenchError, match=r"cannot run task demo@smoke: its samples are of kind edit, .* "
+                       r"runs subject, subject_edit only"):  # fmt: skip
+        run(GenerationRequest(task="demo", model="copy_reference"), tmp_path / "run", QUIET)
+    assert not (tmp_path / "run" / rf.MANIFEST).exists()
+    assert not (tmp_path / "run" / "images").exists()
+    assert not list((tmp_path / "run").glob("failures*.jsonl"))
+
+
 def test_failed_samples_are_recorded_counted_and_fail_the_run(tmp_path):
     request = GenerationRequest(task="demo", model=_path("FlakyGenerator"))
     with pytest.raises(MigeBenchError, match=r"2 sample\(s\) failed to generate .*CUDA out of memory"):

@@ -95,6 +95,8 @@ def test_instruct_pix2pix_refuses_a_sample_without_source_image(instruct_pix2pix
     subject = Sample(id="s", kind="subject", inputs=ModelInputs(prompt="a dog", subject_images=(noise_image(8, 8, 0),)))
     with pytest.raises(MigeBenchError, match="supports edit"):
         instruct_pix2pix.generate([subject], [0])
+    # The kinds the runner checks before generating come from the loaded pipeline's family.
+    assert instruct_pix2pix.task_kinds == ("edit",)
 
 
 def test_settings_record_pipeline_scheduler_and_call_arguments(instruct_pix2pix: DiffusersGenerator) -> None:
@@ -331,6 +333,7 @@ def test_qwen_image_edit_batch_calls_share_a_call_per_source_size_with_true_cfg(
 def test_qwen_image_edit_refuses_subject_edits(qwen_edit: DiffusersGenerator) -> None:
     with pytest.raises(MigeBenchError, match="supports edit"):
         qwen_edit.generate([insert_sample("insert")], [0])
+    assert qwen_edit.task_kinds == ("edit",)
 
 
 def test_qwen_plus_prompt_names_the_pictures_in_order() -> None:
