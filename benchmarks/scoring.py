@@ -37,7 +37,7 @@ from mige_bench.metrics import functional
 from mige_bench.metrics.backbones import DINO_LAYER_NORM_EPS, Backbones, smoke_clip_tokenizer
 from mige_bench.metrics.embedding_cache import EmbeddingCache
 from mige_bench.runner import ExecutionOptions, score_images
-from mige_bench.sample import ModelInputs, Sample
+from mige_bench.sample import ModelInputs, Sample, sample_digests
 from mige_bench.task import parse_task
 
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench" / "dataset"
@@ -231,7 +231,8 @@ def fast_path(
     backbones.use_embedding_cache(EmbeddingCache(cache_root))
     backbones.load(["clip", "dino"])
     options = ExecutionOptions(batch_size=32, device=device, progress=False)
-    lines = score_images(run_dir, parse_task(TASK), samples, 1, backbones, options, decode_workers=workers)
+    digests = sample_digests(samples)
+    lines = score_images(run_dir, parse_task(TASK), samples, digests, 1, backbones, options, decode_workers=workers)
     by_id = {line["sample_id"]: line["scores"] for line in lines}
     scores = {metric: [by_id[sample.id][metric] for sample in samples] for metric in ("dino", "clip_i")}
     return scores, backbones

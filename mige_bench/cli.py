@@ -108,7 +108,11 @@ class _CommandParser(argparse.ArgumentParser):
 
 def _add_subset_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that define which images a run holds: shared by ``run`` and ``score --images``, with one meaning."""
-    parser.add_argument("--limit", type=at_least(1), help="only the first N scored samples")
+    parser.add_argument(
+        "--limit",
+        type=at_least(1),
+        help="only the first N scored samples; a larger N (or none) on an existing run extends it, keeping its images",
+    )
     parser.add_argument("--images-per-sample", type=at_least(1), help="override the task's number of images per sample")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing, different run in --out")
 

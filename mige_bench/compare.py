@@ -196,6 +196,16 @@ def _difference(
     )
 
 
+def _samples_with_other_data(base: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Shared sample ids whose digests (``sample_sha256`` of the score lines) differ between the runs.
+
+    Lines without a digest (written before digests were recorded) cannot be checked and are passed over.
+    """
+    base_digests = {line["sample_id"]: line["sample_sha256"] for line in base if "sample_sha256" in line}
+    new_digests = {line["sample_id"]: line["sample_sha256"] for line in new if "sample_sha256" in line}
+    return sorted(i for i in base_digests.keys() & new_digests.keys() if base_digests[i] != new_digests[i])
+
+
 def _categories(lines: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, dict[str, str]]:
     """Breakdown key -> sample id -> category, from the score lines' metadata."""
     return {
@@ -221,8 +231,8 @@ def compare_runs(
 
     Raises:
         MigeBenchError: The runs differ in task id, version, protocol definition or backbones; a tolerance names an
-            unknown column; ``allow_missing`` is negative; a ``scores.jsonl`` is missing; or the runs share no scored
-            sample.
+            unknown column; ``allow_missing`` is negative; a ``scores.jsonl`` is missing; the runs share no scored
+            sample, or shared samples were made from different data (their ``sample_sha256`` differ).
     """
     if allow_missing < 0:
         raise MigeBenchError(f"--allow-missing {allow_missing}: expected a non-negative number of samples.")
@@ -244,6 +254,13 @@ def compare_runs(
     new_ids = {line["sample_id"] for line in new_lines}
     if not base_ids & new_ids:
         raise MigeBenchError(f"{base_path} and {new_path} share no scored sample; nothing to compare.")
+    changed = _samples_with_other_data(base_lines, new_lines)
+    if changed:
+        raise MigeBenchError(
+            f"Refusing to compare {base_path} with {new_path}: {len(changed)} of their {len(base_ids & new_ids)} "
+            f"shared samples were made from different data ({_listed(changed)}): the runs used different copies of "
+            "the dataset (other prompts, images or references). Generate both from one copy."
+        )
     categories = _categories(base_lines, base["task"].get("breakdown", []))
     differences = []
     for column, summary in base["metrics"].items():

@@ -71,9 +71,19 @@ class ImageRef:
         return open_rgb(source, name=self.name)
 
     def content_hash(self) -> str:
-        """SHA-256 of the encoded bytes: identifies the image whatever its path."""
-        data = self.data if self.data is not None else Path(self.path).read_bytes()  # type: ignore[arg-type]
-        return hashlib.sha256(data).hexdigest()
+        """SHA-256 of the encoded bytes: identifies the image whatever its path.
+
+        Raises:
+            MigeBenchError: the file is missing or unreadable, naming it.
+        """
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        try:
+            return hashlib.sha256(Path(self.path).read_bytes()).hexdigest()  # type: ignore[arg-type]
+        except FileNotFoundError as error:
+            raise MigeBenchError(f"{self.name}: image file not found.") from error
+        except OSError as error:
+            raise MigeBenchError(f"{self.name}: cannot read the image file ({error.strerror or error}).") from error
 
 
 def to_rgb(image: Image.Image, name: str = "<image>") -> Image.Image:

@@ -33,7 +33,7 @@ class MetricSummary(TypedDict):
     higher_is_better: bool  # direction of the metric
     mean: float | None  # mean over samples of the per-sample means; None when no sample has a defined value
     stderr: float | None  # standard error of that mean (sample std / sqrt(n), ddof=1)
-    ci95: list[float] | None  # [low, high] percentile bootstrap 95% confidence interval of the mean over samples
+    ci95: list[float] | None  # [low, high] percentile bootstrap 95% CI of the mean over samples; None when n < 2
     n_samples: int  # samples with at least one defined value
     n_images: int  # output images with a defined value
     excluded: dict[str, int]  # images excluded by protocol, by reason (never NaN-averaged)
@@ -60,12 +60,19 @@ class Failures(TypedDict):
     reasons: dict[str, int]  # failure reason -> number of samples
 
 
+class DataIdentity(TypedDict):
+    ids_sha256: str  # SHA-256 of the run's sample ids, newline-joined in sample order
+    content_sha256: str | None  # SHA-256 of "<id> <sample digest>" lines: same value = same prompts, images, references
+    data_root: str | None  # the --data-root the run was generated from (None: the default data folder or HF cache)
+
+
 class Provenance(TypedDict):
     mige_bench_version: str  # installed package version
     git_sha: str | None  # commit of the mige-bench checkout, when run from one
     packages: dict[str, str | None]  # versions of the libraries that can move a number
     python: str  # interpreter version
     platform: str  # OS and machine
+    data: DataIdentity  # which copy of the dataset was scored (per-sample digests are in scores.jsonl)
     backbones: dict[str, Any]  # per backbone: spec, resolved path, weight hash, preprocessing, comparable
     metric_models: dict[str, Any]  # per score column, models beyond the backbones (e.g. entity detector hashes)
     device: str  # device scoring ran on
@@ -95,7 +102,7 @@ def _summary(values: Sequence[float]) -> dict[str, Any]:
     return {
         "mean": stats["mean"],
         "stderr": stats["stderr"],
-        "ci95": [stats["ci95_low"], stats["ci95_high"]],
+        "ci95": None if stats["ci95_low"] is None else [stats["ci95_low"], stats["ci95_high"]],  # undefined at n = 1
         "n_samples": stats["n"],
     }
 
@@ -221,6 +228,11 @@ def build_results(
             "packages": package_versions(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
+            "data": {
+                "ids_sha256": manifest["samples"]["ids_sha256"],
+                "content_sha256": manifest["samples"].get("content_sha256"),
+                "data_root": manifest.get("data_root"),
+            },
             "backbones": dict(backbone_provenance),
             "metric_models": dict(metric_provenance or {}),
             "device": device,

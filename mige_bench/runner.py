@@ -36,7 +36,7 @@ from mige_bench.models import MODELS
 from mige_bench.models.base import Generator
 from mige_bench.registry import resolve
 from mige_bench.results import build_results
-from mige_bench.sample import Sample, output_stem
+from mige_bench.sample import Sample, output_stem, sample_digests
 from mige_bench.task import Task, get_task, parse_task
 
 logger = logging.getLogger(__name__)
@@ -155,16 +155,23 @@ def load_samples(task: Task, data_root: Path | None, limit: int | None = None) -
     duplicates = [sample_id for sample_id, count in Counter(ids).items() if count > 1]
     if duplicates:
         raise MigeBenchError(f"Task {task.id}: duplicate sample ids {duplicates[:5]} from loader {task.loader}.")
-    if limit is not None:
-        by_id = {sample.id: sample for sample in samples}
-        keep: set[str] = set()
-        for sample in [s for s in samples if s.scored][:limit]:
-            chain: Sample | None = sample
-            while chain is not None and chain.id not in keep:
-                keep.add(chain.id)
-                chain = by_id.get(chain.chain_from) if chain.chain_from else None
-        samples = [sample for sample in samples if sample.id in keep]
-    return samples
+    return samples if limit is None else limit_samples(samples, limit)
+
+
+def limit_samples(samples: Sequence[Sample], limit: int) -> list[Sample]:
+    """The first ``limit`` scored samples plus the earlier turns they chain from, in their order.
+
+    A smaller limit always selects a subset of what a larger one selects, so a run can be extended (see
+    :func:`extends_limit`).
+    """
+    by_id = {sample.id: sample for sample in samples}
+    keep: set[str] = set()
+    for sample in [s for s in samples if s.scored][:limit]:
+        chain: Sample | None = sample
+        while chain is not None and chain.id not in keep:
+            keep.add(chain.id)
+            chain = by_id.get(chain.chain_from) if chain.chain_from else None
+    return [sample for sample in samples if sample.id in keep]
 
 
 def generator_factory(model: str, model_args: Mapping[str, str], device: str) -> Callable[[], Generator]:
@@ -260,15 +267,26 @@ SETTINGS_KEY = "model.settings"
 """The one manifest key only a loaded generator can fill (see :func:`check_run_folder`)."""
 
 
+def samples_identity(digests: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest's ``samples`` entry from the per-sample digests (:func:`~mige_bench.sample.sample_digests`), in
+    sample order: how many, which ids, and which content (a corrected or re-encoded dataset image changes it)."""
+    content = "\n".join(f"{sample_id} {digest}" for sample_id, digest in digests.items())
+    return {
+        "count": len(digests),
+        "ids_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        "content_sha256": hashlib.sha256(content.encode()).hexdigest(),
+    }
+
+
 def build_manifest(
-    task: Task, request: GenerationRequest, samples: Sequence[Sample], settings: Mapping[str, Any] | None
+    task: Task, request: GenerationRequest, digests: Mapping[str, str], settings: Mapping[str, Any] | None
 ) -> dict:
     """The manifest: everything that defines the run's images. A resumed run must match it exactly.
 
-    ``settings`` are the generator's resolved settings; ``None`` before the model is loaded (a partial manifest, good
-    for :func:`check_run_folder` with ``settings_known=False`` only).
+    ``digests`` are the task's per-sample digests in sample order; ``settings`` are the generator's resolved
+    settings, ``None`` before the model is loaded (a partial manifest, good for :func:`check_run_folder` with
+    ``settings_known=False`` only).
     """
-    sample_ids = [sample.id for sample in samples]
     images_per_sample = task.images_per_sample if request.images_per_sample is None else request.images_per_sample
     return {
         "schema_version": 1,
@@ -282,20 +300,45 @@ def build_manifest(
         "images_per_sample": images_per_sample,
         "limit": request.limit,
         "data_root": str(request.data_root) if request.data_root else None,
-        "samples": {
-            "count": len(sample_ids),
-            "ids_sha256": hashlib.sha256("\n".join(sample_ids).encode()).hexdigest(),
-        },
+        "samples": samples_identity(digests),
     }
 
 
+LIMIT_KEYS = frozenset({"limit", "samples.count", "samples.ids_sha256", "samples.content_sha256"})
+"""The manifest keys a larger ``--limit`` changes; a run differing only in these can be extended."""
+
+
+def extends_limit(run_dir: Path, samples: Sequence[Sample], digests: Mapping[str, str]) -> bool:
+    """Whether the run in ``run_dir`` was made with a smaller ``--limit`` over exactly these samples' data.
+
+    True when the recorded limit, applied to ``samples`` (this request's, in order), selects fewer samples than this
+    request, and exactly the recorded ones with the recorded content: its images are then images of this run, and
+    only the new samples need generating.
+    """
+    manifest_path = run_dir / rf.MANIFEST
+    if not manifest_path.is_file():
+        return False
+    recorded = rf.read_json(manifest_path)
+    if not isinstance(recorded.get("limit"), int):
+        return False
+    earlier = limit_samples(samples, recorded["limit"])
+    return len(earlier) < len(samples) and samples_identity(
+        {sample.id: digests[sample.id] for sample in earlier}
+    ) == recorded.get("samples")
+
+
 def check_run_folder(
-    run_dir: Path, manifest: Mapping[str, Any], overwrite: bool, settings_known: bool = True
+    run_dir: Path,
+    manifest: Mapping[str, Any],
+    overwrite: bool,
+    settings_known: bool = True,
+    extending: bool = False,
 ) -> list[str]:
     """Refuses a folder that holds a different run, unless ``overwrite``; returns the differing manifest keys.
 
     With ``settings_known=False`` the generator's settings are left out of the comparison, so a mismatch in anything
-    else is caught before the model is loaded; :func:`prepare_run_folder` then checks the whole manifest.
+    else is caught before the model is loaded; :func:`prepare_run_folder` then checks the whole manifest. With
+    ``extending`` (see :func:`extends_limit`) the keys a larger ``--limit`` changes are not differences.
     """
     manifest_path = run_dir / rf.MANIFEST
     if not manifest_path.is_file():
@@ -303,17 +346,26 @@ def check_run_folder(
     differences = rf.manifest_differences(rf.read_json(manifest_path), manifest)
     if not settings_known:
         differences = [key for key in differences if key != SETTINGS_KEY and not key.startswith(f"{SETTINGS_KEY}.")]
+    if extending:
+        differences = [key for key in differences if key not in LIMIT_KEYS]
     if differences and not overwrite:
+        hint = ""
+        if set(differences) <= LIMIT_KEYS:
+            hint = " A run can be extended only with a larger --limit (or none), over the same data, without --shard."
         raise MigeBenchError(
             f"{run_dir} holds a different run (differs in: {', '.join(differences)}); use another --out, or "
-            "--overwrite to discard its images and scores."
+            f"--overwrite to discard its images and scores.{hint}"
         )
     return differences
 
 
-def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bool) -> None:
-    """Creates the folder, or checks that an existing one was made by the same request (else refuses)."""
-    if check_run_folder(run_dir, manifest, overwrite):
+def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bool, extending: bool = False) -> None:
+    """Creates the folder, or checks that an existing one was made by the same request (else refuses).
+
+    Extending a run made with a smaller ``--limit`` keeps its images, failure records and score lines; its results
+    and shard markers no longer describe the run and are removed (scoring writes new results).
+    """
+    if check_run_folder(run_dir, manifest, overwrite, extending=extending):
         logger.warning("--overwrite: discarding the previous run in %s", run_dir)
         for name in (rf.SCORES, rf.RESULTS):
             (run_dir / name).unlink(missing_ok=True)
@@ -321,6 +373,15 @@ def prepare_run_folder(run_dir: Path, manifest: Mapping[str, Any], overwrite: bo
             stale.unlink()
         for image in (run_dir / rf.IMAGES).glob("*.png"):
             image.unlink()
+    elif extending:
+        recorded = rf.read_json(run_dir / rf.MANIFEST)["samples"]["count"]
+        logger.warning(
+            "%s: extending the run from %d to %d samples; its images are kept", run_dir, recorded,
+            manifest["samples"]["count"],
+        )  # fmt: skip
+        (run_dir / rf.RESULTS).unlink(missing_ok=True)
+        for marker in run_dir.glob("shards/*"):
+            marker.unlink()
     rf.write_json_atomic(run_dir / rf.MANIFEST, manifest)
 
 
@@ -516,6 +577,7 @@ def score_images(
     run_dir: Path,
     task: Task,
     samples: Sequence[Sample],
+    digests: Mapping[str, str],
     images_per_sample: int,
     backbones: Any,
     options: ExecutionOptions,
@@ -523,6 +585,9 @@ def score_images(
     metrics: Mapping[str, Metric] | None = None,
 ) -> list[dict[str, Any]]:
     """Scores every output image of the scored samples; returns all score lines (also in ``scores.jsonl``).
+
+    Each line carries its sample's digest (``sample_sha256``, from ``digests``), so two runs can be checked to have
+    scored the same data sample by sample (see :mod:`mige_bench.compare`).
 
     Lines from an earlier, interrupted pass with the same scoring configuration are kept; the rest are computed in
     chunks of ``score_batch_size`` images and appended as they finish. Failed samples (:func:`current_failures`) are
@@ -584,7 +649,7 @@ def score_images(
             upcoming = _image_requests(chunks[index + 1], metrics) if index + 1 < len(chunks) else []
             features.prefetch(upcoming)
             features.precompute(requests)
-            lines = _score_chunk(chunk, metrics, key)
+            lines = _score_chunk(chunk, metrics, key, digests)
             requests = upcoming
             features.release(_output_refs(chunk))
             rf.append_jsonl(scores_path, lines)
@@ -608,7 +673,9 @@ def _image_requests(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[
     ]
 
 
-def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric], key: str) -> list[dict]:
+def _score_chunk(
+    chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str, Metric], key: str, digests: Mapping[str, str]
+) -> list[dict]:
     output_refs = _output_refs(chunk)
     decoded: list[Image.Image] = []  # opened here only when a metric needs the pixels (L1, LPIPS, plug-ins)
     chunk_samples = [sample for sample, _, _ in chunk]
@@ -617,6 +684,7 @@ def _score_chunk(chunk: Sequence[tuple[Sample, int, Path]], metrics: Mapping[str
             "sample_id": sample.id,
             "k": k,
             "image": f"{rf.IMAGES}/{path.name}",
+            "sample_sha256": digests[sample.id],
             "metadata": dict(sample.metadata),
             "scores": {},
             "excluded": {},
@@ -711,6 +779,7 @@ def run(
         raise MigeBenchError("--overwrite cannot be combined with sharding: it would delete other shards' images.")
     task = get_task(request.task)
     samples = load_samples(task, request.data_root, request.limit)
+    digests = sample_digests(samples)
     check_device(options.device)
     load_generator = generator_factory(request.model, request.model_args, options.device)
     # Missing metric weights fail here, before hours of generation, with the full list of what to download.
@@ -721,12 +790,13 @@ def run(
     with rf.run_lock(out, options.shard):
         # A folder in use or holding a different run is refused before the model loads (which can take minutes and
         # many GB of a busy GPU); only the generator's own settings must wait for it.
-        partial = build_manifest(task, request, samples, settings=None)
-        check_run_folder(out, partial, options.overwrite, settings_known=False)
+        partial = build_manifest(task, request, digests, settings=None)
+        extending = options.shard is None and extends_limit(out, samples, digests)
+        check_run_folder(out, partial, options.overwrite, settings_known=False, extending=extending)
         generator = load_generator()
         check_generator_fits(generator, request.model, task, samples)
-        manifest = build_manifest(task, request, samples, generator.settings)
-        prepare_run_folder(out, manifest, options.overwrite)
+        manifest = build_manifest(task, request, digests, generator.settings)
+        prepare_run_folder(out, manifest, options.overwrite, extending)
         started = time.perf_counter()
         failures = generate_images(out, to_generate, generator, request.seed, manifest["images_per_sample"], options)
         _record_timing(out, "generate", time.perf_counter() - started, options.shard)
@@ -735,7 +805,7 @@ def run(
         return outcome
     if score:
         with rf.run_lock(out):
-            outcome = _score_locked(out, task, samples, manifest, scoring_backbones, options, scoring_metrics)
+            outcome = _score_locked(out, task, samples, digests, manifest, scoring_backbones, options, scoring_metrics)
     _check_failures(outcome.failures, options.allow_failures, out)
     return outcome
 
@@ -777,16 +847,23 @@ def score_run(
     task = task_from_manifest(manifest)
     root = data_root or (Path(manifest["data_root"]) if manifest.get("data_root") else None)
     samples = load_samples(task, root, manifest.get("limit"))
-    ids = [sample.id for sample in samples]
-    if hashlib.sha256("\n".join(ids).encode()).hexdigest() != manifest["samples"]["ids_sha256"]:
+    digests = sample_digests(samples)
+    now, then = samples_identity(digests), manifest["samples"]
+    if now["ids_sha256"] != then["ids_sha256"]:
         raise MigeBenchError(
             f"{run_dir}: the dataset now yields different samples than when the images were generated "
-            f"({len(ids)} now, {manifest['samples']['count']} then); point --data-root at the original data."
+            f"({now['count']} now, {then['count']} then); point --data-root at the original data."
+        )
+    if now["content_sha256"] != then.get("content_sha256", now["content_sha256"]):  # absent: an older manifest
+        raise MigeBenchError(
+            f"{run_dir}: the dataset's content changed since the images were generated (the same {now['count']} "
+            "sample ids, but other prompts, images or references); point --data-root at the copy the run was "
+            "generated from, or generate the run again from this one."
         )
     check_device(options.device)
     scoring_backbones = prepare_backbones(task, backbones or {}, options.device)
     with rf.run_lock(run_dir):
-        outcome = _score_locked(run_dir, task, samples, manifest, scoring_backbones, options)
+        outcome = _score_locked(run_dir, task, samples, digests, manifest, scoring_backbones, options)
     _check_failures(outcome.failures, options.allow_failures, run_dir)
     return outcome
 
@@ -809,6 +886,7 @@ def _score_locked(
     run_dir: Path,
     task: Task,
     samples: Sequence[Sample],
+    digests: Mapping[str, str],
     manifest: Mapping[str, Any],
     backbones: Any,
     options: ExecutionOptions,
@@ -819,7 +897,9 @@ def _score_locked(
     backbones.load(_backbones_used(task))
     started = time.perf_counter()
     metrics = metrics if metrics is not None else build_metrics(task, backbones)
-    lines = score_images(run_dir, task, samples, manifest["images_per_sample"], backbones, options, metrics=metrics)
+    lines = score_images(
+        run_dir, task, samples, digests, manifest["images_per_sample"], backbones, options, metrics=metrics
+    )
     _record_timing(run_dir, "score", time.perf_counter() - started)
     timings = rf.read_all_timings(run_dir)
     failures = current_failures(run_dir, manifest["images_per_sample"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from mige_bench.errors import MigeBenchError
@@ -94,3 +96,42 @@ class Sample:
 def output_stem(sample_id: str, k: int, images_per_sample: int) -> str:
     """File stem of output ``k``: ``<id>`` when there is one image per sample, else ``<id>_<k>``."""
     return sample_id if images_per_sample == 1 else f"{sample_id}_{k}"
+
+
+def sample_digests(samples: Sequence[Sample]) -> dict[str, str]:
+    """Sample id -> SHA-256 of everything the sample holds: kind, inputs, references, metadata and chaining, with each
+    image replaced by the SHA-256 of its encoded bytes.
+
+    Two copies of a dataset that give a sample the same digest show its model the same inputs and its metrics the same
+    references, wherever the files live and whatever they are called; a re-encoded or corrected image changes it.
+    Each distinct image is read once, however many samples share it (DreamBench's subject references).
+
+    Raises:
+        MigeBenchError: an image file of the dataset is missing or unreadable, naming it.
+    """
+    image_hashes: dict[ImageRef, str] = {}
+
+    def canonical(value: Any) -> Any:
+        if isinstance(value, ImageRef):
+            if value not in image_hashes:
+                image_hashes[value] = value.content_hash()
+            return {"image_sha256": image_hashes[value]}
+        if isinstance(value, (tuple, list)):
+            return [canonical(item) for item in value]
+        if isinstance(value, Mapping):
+            return {str(key): canonical(item) for key, item in value.items()}
+        return value
+
+    digests = {}
+    for sample in samples:
+        record = {
+            "kind": sample.kind,
+            "inputs": {f.name: canonical(getattr(sample.inputs, f.name)) for f in fields(sample.inputs)},
+            "references": canonical(sample.references),
+            "metadata": canonical(sample.metadata),
+            "chain_from": sample.chain_from,
+            "scored": sample.scored,
+        }
+        text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+        digests[sample.id] = hashlib.sha256(text.encode()).hexdigest()
+    return digests

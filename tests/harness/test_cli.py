@@ -289,8 +289,11 @@ def test_score_images_takes_limit_and_overwrite_like_run(tmp_path, capsys):
     new = json.loads((tmp_path / "new" / rf.RESULTS).read_text())
     assert new["counts"]["scored_samples"] == base["counts"]["scored_samples"] == 2
     assert new["metrics"] == base["metrics"]
-    capsys.readouterr()
-    assert main([*argv, "--limit", "3"]) == 2
-    assert "holds a different run (differs in: limit, samples.count" in capsys.readouterr().err
-    assert main([*argv, "--limit", "3", "--overwrite"]) == 0
+    # A larger limit extends the run; a smaller one is another run.
+    assert main([*argv, "--limit", "3"]) == 0
     assert json.loads((tmp_path / "new" / rf.RESULTS).read_text())["counts"]["scored_samples"] == 3
+    capsys.readouterr()
+    assert main([*argv, "--limit", "1"]) == 2
+    assert "holds a different run (differs in: limit, samples.content_sha256, samples.count" in capsys.readouterr().err
+    assert main([*argv, "--limit", "1", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "new" / rf.RESULTS).read_text())["counts"]["scored_samples"] == 1

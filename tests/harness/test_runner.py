@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import stat
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -326,7 +328,9 @@ def test_a_different_run_in_the_folder_is_refused_before_the_model_loads(tmp_pat
     run(GenerationRequest(task="demo", model=_path("CountingGenerator")), tmp_path / "run", QUIET, score=False)
     assert counting.loads == 1
     other = GenerationRequest(task="demo", model=_path("CountingGenerator"), limit=2)
-    with pytest.raises(MigeBenchError, match=r"differs in: limit, samples\.count, samples\.ids_sha256\)"):
+    with pytest.raises(
+        MigeBenchError, match=r"differs in: limit, samples\.content_sha256, samples\.count, samples\.ids"
+    ):
         run(other, tmp_path / "run", QUIET, score=False)
     assert counting.loads == 1
 
@@ -435,3 +439,103 @@ def test_run_files_are_readable_by_others_under_the_usual_umask(tmp_path):
     written += sorted((tmp_path / "run" / rf.IMAGES).glob("*.png"))
     assert len(written) == 9
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {path.name: 0o644 for path in written}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Extending a run, and the identity of its data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class RecordingGenerator(NoiseGenerator):
+    """Noise; records the ids it was asked to generate."""
+
+    name = "recording"
+    generated: ClassVar[list[str]] = []
+
+    def generate(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Image.Image]:
+        type(self).generated.extend(sample.id for sample in samples)
+        return super().generate(samples, seeds)
+
+
+@pytest.fixture
+def recording(monkeypatch) -> type[RecordingGenerator]:
+    monkeypatch.setattr(RecordingGenerator, "generated", [])
+    return RecordingGenerator
+
+
+def load_demo_with_a_corrected_target(task, data_root) -> list[Sample]:
+    """The demo with the first sample's target image redrawn, as in a re-released copy of a dataset."""
+    from mige_bench.loaders.demo import load_demo
+
+    samples = load_demo(task, data_root)
+    corrected = ImageRef.from_pil(draw_scene("triangle", "blue", "white"))
+    samples[0] = dataclasses.replace(samples[0], references={**samples[0].references, "target_image": corrected})
+    return samples
+
+
+def test_a_larger_limit_extends_the_run_generating_only_the_new_samples(tmp_path, recording):
+    request = GenerationRequest(task="demo", model=_path("RecordingGenerator"), limit=2)
+    run(request, tmp_path / "run", QUIET)
+    kept = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "run" / rf.IMAGES).iterdir()}
+    first_two = list(recording.generated)
+    assert len(kept) == 2
+
+    run(dataclasses.replace(request, limit=4), tmp_path / "run", QUIET)
+    assert recording.generated[2:] == [sample_id for sample_id, *_ in _EDITS[2:4]]  # only the new ones
+    images = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "run" / rf.IMAGES).iterdir()}
+    assert len(images) == 4 and {name: images[name] for name in kept} == kept
+
+    # The extended run is the run a fresh --limit 4 makes: same manifest, same images, same scores.
+    run(dataclasses.replace(request, limit=4), tmp_path / "fresh", QUIET)
+    assert recording.generated[4:] == first_two + recording.generated[2:4]
+    extended, fresh = (rf.read_json(tmp_path / name / rf.MANIFEST) for name in ("run", "fresh"))
+    assert extended == fresh and extended["samples"]["count"] == 4
+    for name in images:
+        assert (tmp_path / "run" / rf.IMAGES / name).read_bytes() == (
+            tmp_path / "fresh" / rf.IMAGES / name
+        ).read_bytes()
+    extended, fresh = (rf.read_json(tmp_path / name / rf.RESULTS) for name in ("run", "fresh"))
+    assert extended["counts"] == fresh["counts"] and extended["counts"]["scored_images"] == 4
+    # Equal up to float rounding: the two runs scored their images in differently composed batches.
+    assert {c: s["mean"] for c, s in extended["metrics"].items()} == pytest.approx(
+        {c: s["mean"] for c, s in fresh["metrics"].items()}, abs=1e-6
+    )
+
+    # Resuming at the same limit is a plain resume: nothing is generated, the results stay.
+    run(dataclasses.replace(request, limit=4), tmp_path / "run", QUIET, score=False)
+    assert len(recording.generated) == 8 and (tmp_path / "run" / rf.RESULTS).is_file()
+
+    # Dropping the limit extends it to the whole task.
+    run(dataclasses.replace(request, limit=None), tmp_path / "run", QUIET)
+    assert rf.read_json(tmp_path / "run" / rf.RESULTS)["counts"]["scored_samples"] == 6
+
+
+def test_extending_is_refused_over_other_data_or_under_shards(tmp_path, monkeypatch):
+    request = GenerationRequest(task="demo", model="identity", limit=2)
+    run(request, tmp_path / "run", QUIET, score=False)
+    under_shard = ExecutionOptions(progress=False, shard=(0, 2))
+    with pytest.raises(MigeBenchError, match=r"differs in: limit, .*without --shard\."):
+        run(dataclasses.replace(request, limit=4), tmp_path / "run", under_shard, score=False)
+    monkeypatch.setitem(LOADERS, "demo", _path("load_demo_with_a_corrected_target"))
+    with pytest.raises(MigeBenchError, match=r"differs in: limit, samples\.content_sha256, samples\.count"):
+        run(dataclasses.replace(request, limit=4), tmp_path / "run", QUIET, score=False)
+    assert rf.read_json(tmp_path / "run" / rf.MANIFEST)["limit"] == 2
+
+
+def test_scoring_refuses_data_whose_content_changed_since_generation(tmp_path, monkeypatch):
+    run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET)
+    before = rf.read_json(tmp_path / "run" / rf.RESULTS)
+    manifest = rf.read_json(tmp_path / "run" / rf.MANIFEST)
+    assert before["provenance"]["data"] == {
+        "ids_sha256": manifest["samples"]["ids_sha256"],
+        "content_sha256": manifest["samples"]["content_sha256"],
+        "data_root": None,
+    }
+    lines = rf.read_jsonl(tmp_path / "run" / rf.SCORES)
+    assert len({line["sample_sha256"] for line in lines}) == 6
+
+    monkeypatch.setitem(LOADERS, "demo", _path("load_demo_with_a_corrected_target"))
+    with pytest.raises(MigeBenchError, match=r"the dataset's content changed since the images were generated \(the "
+                       r"same 6 sample ids"):  # fmt: skip
+        score_run(tmp_path / "run", QUIET)
+    assert rf.read_json(tmp_path / "run" / rf.RESULTS) == before  # nothing rewritten

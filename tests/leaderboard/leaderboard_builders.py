@@ -131,8 +131,12 @@ def write_run(
     results: Mapping[str, Any],
     scores: Mapping[str, Mapping[str, float]],
     categories: Mapping[str, str] | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> Path:
-    """A run folder with ``results.json`` and a ``scores.jsonl`` of one image per sample; returns the results path."""
+    """A run folder with ``results.json`` and a ``scores.jsonl`` of one image per sample; returns the results path.
+
+    ``digests`` (sample id -> data digest) fill the lines' ``sample_sha256``; without them the lines have none.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "scores.jsonl").open("w", encoding="utf-8") as handle:
         for sample_id, values in scores.items():
@@ -144,6 +148,8 @@ def write_run(
                 "scores": dict(values),
                 "excluded": {},
             }
+            if digests is not None:
+                line["sample_sha256"] = digests[sample_id]
             handle.write(json.dumps(line) + "\n")
     write_json_atomic(run_dir / "results.json", results)
     return run_dir / "results.json"

@@ -25,6 +25,7 @@ def _run(
     dino_shift: float,
     failed: tuple[str, ...] = (),
     absent: tuple[str, ...] = (),
+    digests: dict[str, str] | None = None,
     **results_options,
 ) -> Path:
     """A run whose per-sample scores are the base scores shifted; ``l1_shift`` applies to category b only.
@@ -42,7 +43,7 @@ def _run(
     results = results_file(
         name, {"l1": (0.1, 0.1, 0.1), "dino": (0.8, 0.8, 0.8)}, n=20, failed=len(failed), **results_options
     )
-    path = write_run(tmp_path / name, results, scores, CATEGORIES)
+    path = write_run(tmp_path / name, results, scores, CATEGORIES, digests)
     records = [{"sample_id": sample_id, "reason": "RuntimeError: CUDA out of memory"} for sample_id in failed]
     if records:
         (path.parent / "failures.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -70,6 +71,21 @@ def test_significant_worsening_is_a_regression_and_exits_1(tmp_path: Path, capsy
     output = capsys.readouterr().out
     assert "FAIL: 1 metric(s) regressed beyond tolerance with significance: l1." in output
     assert "| l1 ↓ | all samples | 20 | 0.1200 | 0.1450 |" in output
+
+
+def test_runs_made_from_different_copies_of_the_data_are_refused_sample_by_sample(tmp_path: Path) -> None:
+    same = {sample_id: f"digest-{sample_id}" for sample_id in SAMPLES}
+    other = {**same, "s03": "digest-of-a-corrected-image", "s17": "digest-of-another-prompt"}
+    base = _run(tmp_path, "base", 0.0, 0.0, digests=same)
+    # Only the shared samples' digests are compared: a subset run from the same copy compares fine.
+    subset = _run(tmp_path, "subset", 0.0, 0.0, absent=("s00", "s01"), digests=same)
+    assert compare_runs(base, subset, allow_missing=2).shared_samples == 18
+    # Lines without digests (older runs) cannot be checked and are passed over.
+    assert compare_runs(base, _run(tmp_path, "older", 0.0, 0.0)).shared_samples == 20
+    with pytest.raises(
+        MigeBenchError, match=r"2 of their 20 shared samples were made from different data \(s03, s17\)"
+    ):
+        compare_runs(base, _run(tmp_path, "other_copy", 0.0, 0.0, digests=other))
 
 
 def test_noise_that_averages_out_is_no_significant_change_and_exits_0(tmp_path: Path, capsys) -> None:

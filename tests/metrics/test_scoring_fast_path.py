@@ -22,6 +22,7 @@ from mige_bench.runner import (
     score_images,
     task_from_manifest,
 )
+from mige_bench.sample import sample_digests
 from tests.metrics.builders import noise_image
 
 NOISE = "tests.harness.test_runner:NoiseGenerator"
@@ -39,7 +40,8 @@ def score(run_dir: Path, backbones: Backbones, decode_workers: int | None = None
     samples = load_samples(task, None)
     backbones.load(["clip", "dino", "lpips"])
     ips = manifest["images_per_sample"]
-    return score_images(run_dir, task, samples, ips, backbones, OPTIONS, decode_workers=decode_workers)
+    digests = sample_digests(samples)
+    return score_images(run_dir, task, samples, digests, ips, backbones, OPTIONS, decode_workers=decode_workers)
 
 
 def per_image_scores(run_dir: Path, lines: list[dict]) -> list[dict[str, float]]:
