@@ -23,6 +23,7 @@ lost, duplicated or half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -196,10 +197,12 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None) -> Iterator[No
     """Holds ``<run>/.lock`` so two processes never write one folder at once.
 
     The lock records host and pid; a lock left by a dead process on this host (a crash, SIGKILL) is stale and taken
-    over. A live holder, or one on another host, makes this raise with the holder named.
+    over. A live holder, or one on another host, makes this raise with the holder named. A folder this lock created
+    and nothing was written to (the model's weights were missing, say) is removed again.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise MigeBenchError(f"{run_dir} is a file, not a run folder; choose another --out.")
+    created = not run_dir.exists()
     lock = run_dir / f"{LOCK}{shard_suffix(shard)}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,3 +235,6 @@ def run_lock(run_dir: Path, shard: tuple[int, int] | None = None) -> Iterator[No
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):  # not empty (another process wrote to it meanwhile): keep it
+                run_dir.rmdir()

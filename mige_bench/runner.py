@@ -304,6 +304,17 @@ def build_manifest(
     }
 
 
+LOCATION_KEYS = frozenset({"data_root"})
+"""Manifest keys that record where things were, not what they were: the data is identified by its content digest
+(``samples.content_sha256``), so a run resumed, scored or merged with the data in another folder (another machine's
+path) is the same run. The manifest keeps the latest location, which ``score`` uses to find the data."""
+
+
+def run_differences(recorded: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """The manifest keys in which two runs differ (dotted), leaving out :data:`LOCATION_KEYS`."""
+    return [key for key in rf.manifest_differences(recorded, requested) if key not in LOCATION_KEYS]
+
+
 LIMIT_KEYS = frozenset({"limit", "samples.count", "samples.ids_sha256", "samples.content_sha256"})
 """The manifest keys a larger ``--limit`` changes; a run differing only in these can be extended."""
 
@@ -343,7 +354,7 @@ def check_run_folder(
     manifest_path = run_dir / rf.MANIFEST
     if not manifest_path.is_file():
         return []
-    differences = rf.manifest_differences(rf.read_json(manifest_path), manifest)
+    differences = run_differences(rf.read_json(manifest_path), manifest)
     if not settings_known:
         differences = [key for key in differences if key != SETTINGS_KEY and not key.startswith(f"{SETTINGS_KEY}.")]
     if extending:
@@ -411,6 +422,13 @@ def _batches(samples: Sequence[Sample], images_per_sample: int, batch_size: int)
         yield list(samples[start : start + per_batch])
 
 
+LOGGED_FAILURES = 10
+"""Generation failures logged one by one; later ones are only recorded (see :func:`generate_images`)."""
+
+LISTED_REASONS = 5
+"""Distinct failure reasons spelled out in the error that ends a run with too many failures."""
+
+
 def generate_images(
     run_dir: Path,
     samples: Sequence[Sample],
@@ -436,7 +454,12 @@ def generate_images(
     failed_ids: set[str] = set()
 
     def record_failure(sample: Sample, reason: str) -> None:
-        logger.warning("generation failed for %s: %s", sample.id, reason)
+        # The first few are logged; a run where everything fails (a folder of misnamed images) would otherwise print
+        # thousands of lines. Every failure is in the failures file and the final error.
+        if len(failures) < LOGGED_FAILURES:
+            logger.warning("generation failed for %s: %s", sample.id, reason)
+        elif len(failures) == LOGGED_FAILURES:
+            logger.warning("more samples fail; further failures are not logged, all are recorded in %s", failures_file)
         record = {"sample_id": sample.id, "reason": reason}
         failures.append(record)
         failed_ids.add(sample.id)
@@ -743,12 +766,16 @@ def _record_timing(run_dir: Path, stage: str, seconds: float, shard: tuple[int, 
 def _check_failures(failures: Sequence[Mapping[str, Any]], allowed: int, run_dir: Path) -> None:
     if len(failures) > allowed:
         reasons = Counter(record["reason"] for record in failures)
-        listed = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(5))
+        listed = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(LISTED_REASONS))
+        if len(reasons) > LISTED_REASONS:
+            listed += f"; and {len(reasons) - LISTED_REASONS} other reasons"
         files = rf.failure_files(run_dir, (record["sample_id"] for record in failures))
+        results_path = run_dir / rf.RESULTS
+        scored = results_path.is_file() and rf.read_json(results_path)["counts"]["scored_images"] > 0
+        results = f" Scores of the other samples are in {results_path}." if scored else ""
         raise MigeBenchError(
             f"{len(failures)} sample(s) failed to generate (allowed: {allowed}; see "
-            f"{', '.join(str(path) for path in files)}): {listed}. Scores of the other samples are in "
-            f"{run_dir / rf.RESULTS}; pass --allow-failures N to accept."
+            f"{', '.join(str(path) for path in files)}): {listed}.{results} Pass --allow-failures N to accept."
         )
 
 
@@ -931,7 +958,7 @@ def merge_runs(sources: Sequence[Path], out: Path) -> Path:
         raise MigeBenchError("merge needs at least one run folder.")
     manifests = [rf.read_json(source / rf.MANIFEST) for source in sources]
     for source, manifest in zip(sources[1:], manifests[1:], strict=True):
-        differences = rf.manifest_differences(manifests[0], manifest)
+        differences = run_differences(manifests[0], manifest)
         if differences:
             raise MigeBenchError(
                 f"{source} is a different run from {sources[0]} (differs in: {', '.join(differences)})."

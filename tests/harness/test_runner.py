@@ -208,6 +208,49 @@ def test_a_model_that_cannot_run_the_task_kind_is_refused_before_anything_is_wri
     assert not list((tmp_path / "run").glob("failures*.jsonl"))
 
 
+def test_a_run_resumes_with_its_data_moved_and_records_the_new_place(tmp_path):
+    request = GenerationRequest(task="demo", model="identity", data_root=tmp_path / "old_place")
+    run(request, tmp_path / "run", QUIET, score=False)
+    run(dataclasses.replace(request, data_root=tmp_path / "new_place"), tmp_path / "run", QUIET)
+    assert rf.read_json(tmp_path / "run" / rf.MANIFEST)["data_root"] == str(tmp_path / "new_place")
+    assert rf.read_json(tmp_path / "run" / rf.RESULTS)["provenance"]["data"]["data_root"] == str(tmp_path / "new_place")
+
+
+def test_a_run_folder_that_failed_before_anything_was_written_is_not_left_behind(tmp_path):
+    request = GenerationRequest(task="demo", model="folder", model_args={"dir": str(tmp_path / "no_such_folder")})
+    with pytest.raises(MigeBenchError, match="does not exist"):
+        run(request, tmp_path / "new" / "run", QUIET)
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is theirs: kept, even empty
+    with pytest.raises(MigeBenchError, match="does not exist"):
+        run(request, tmp_path / "mine", QUIET)
+    assert (tmp_path / "mine").is_dir()
+
+
+class BrokenGenerator(Generator):
+    """Fails on every sample, each time with a reason naming the sample (like a folder of misnamed images)."""
+
+    name = "broken"
+
+    def generate(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[Image.Image]:
+        raise RuntimeError(f"no output for {samples[0].id}")
+
+
+def test_a_run_where_everything_fails_logs_a_few_failures_and_records_all(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("mige_bench.runner.LOGGED_FAILURES", 3)
+    request = GenerationRequest(task="demo", model=_path("BrokenGenerator"))
+    with caplog.at_level(logging.WARNING, logger="mige_bench.runner"), pytest.raises(MigeBenchError) as error:
+        run(request, tmp_path / "run", ExecutionOptions(progress=False, batch_size=1))
+    logged = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(logged) == 4 and logged[3].startswith("more samples fail; further failures are not logged")
+    assert len(rf.read_jsonl(tmp_path / "run" / "failures.jsonl")) == 6
+    message = str(error.value)
+    assert message.startswith("6 sample(s) failed to generate (allowed: 0;")
+    assert message.count("1x RuntimeError: no output for") == 5 and "; and 1 other reasons." in message
+    assert "Scores of the other samples" not in message  # there are none
+    assert message.endswith(" Pass --allow-failures N to accept.")
+
+
 def test_failed_samples_are_recorded_counted_and_fail_the_run(tmp_path):
     request = GenerationRequest(task="demo", model=_path("FlakyGenerator"))
     with pytest.raises(MigeBenchError, match=r"2 sample\(s\) failed to generate .*CUDA out of memory"):

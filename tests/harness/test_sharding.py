@@ -61,6 +61,15 @@ def test_shards_in_separate_folders_merge_exactly(tmp_path):
     assert _without_run_specifics(tmp_path / "merged") == _without_run_specifics(tmp_path / "whole")
 
 
+def test_shards_made_with_the_data_in_different_folders_merge(tmp_path):
+    # Two machines with the same dataset under different paths: the data is identified by its content, not its path.
+    for index in range(2):
+        request = GenerationRequest(**{**REQUEST.__dict__, "data_root": tmp_path / f"machine{index}" / "data"})
+        run(request, tmp_path / f"part{index}", _options((index, 2)), score=False)
+    merge_runs([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged")
+    assert len(list((tmp_path / "merged" / rf.IMAGES).glob("*.png"))) == 12
+
+
 def test_merge_refuses_different_runs(tmp_path):
     run(REQUEST, tmp_path / "a", _options((0, 2)), score=False)
     other = GenerationRequest(task="demo", model=REQUEST.model, images_per_sample=2, seed=7)
