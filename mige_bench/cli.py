@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
-    def add_command(name: str, summary: str, group: Any = commands, verbose: bool = True) -> argparse.ArgumentParser:
-        return group.add_parser(name, help=summary, parents=[common] if verbose else [])
+    def add_command(name: str, summary: str, group: Any = commands) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=summary, parents=[common])
 
     run = add_command("run", "generate images for a task with a model, then score them")
     run.add_argument("--task", required=True, help="task id (e.g. emu_edit@mige), unique task name, or YAML path")
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = add_command("check", "validate a local copy: counts, missing and unreadable files", data_commands)
     check.add_argument("task")
-    check.add_argument("--data-root", type=Path, required=True)
+    check.add_argument(
+        "--data-root", type=Path, help="the copy to check (default: where `data fetch` writes and `run` looks)"
+    )
 
     board = add_command("leaderboard", "render leaderboard tables, plots and the HTML site")
     board.add_argument("--root", type=Path, default=Path("leaderboards"), help="leaderboard folder (leaderboards)")
@@ -204,12 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--add", type=Path, metavar="RUN_DIR", help="first add a scored run folder as a row")
     board.add_argument("--row", help="name of the row added with --add (default: the run folder's name)")
 
-    # Same flags as `python -m reference_model.convert_mige_checkpoint` (declared here so `--help` stays import-free),
-    # so no -v after it: `mige-bench -v convert-mige ...`.
+    # Same flags as `python -m reference_model.convert_mige_checkpoint`, plus -v (declared here so `--help` stays
+    # import-free).
     convert = add_command(
-        "convert-mige",
-        "convert the official MIGE release (EurekaTian/MIGE) into a pipeline folder for --model mige",
-        verbose=False,
+        "convert-mige", "convert the official MIGE release (EurekaTian/MIGE) into a pipeline folder for --model mige"
     )
     convert.add_argument("--release", type=Path, help="download of EurekaTian/MIGE (model.pth and config folders)")
     convert.add_argument("--out", type=Path, required=True, help="output folder of the converted pipeline")
@@ -359,16 +359,18 @@ def command_score(args: argparse.Namespace) -> None:
         given = [
             flag
             for flag, value in (
+                ("--task", args.task),
                 ("--limit", args.limit),
                 ("--images-per-sample", args.images_per_sample),
                 ("--overwrite", args.overwrite),
+                ("--out", args.out),
             )
             if value not in (None, False)
         ]
         if given:
             raise MigeBenchError(
-                f"{', '.join(given)}: only for score --images; a run folder is scored as generated (its manifest "
-                "fixes the samples and images); give them to `run` instead."
+                f"{', '.join(given)}: only for score --images. A run folder is scored in place, as generated (its "
+                "manifest fixes the task, samples and images); to change those, use `run`."
             )
         options = _execution_options(args, ExecutionOptions)
         outcome = score_run(args.run_dir, options=options, backbones=backbones, data_root=args.data_root)
@@ -425,7 +427,7 @@ def command_data(args: argparse.Namespace) -> None:
         report = data_store.check_dataset(task, args.data_root)
         print(report.render())
         if not report.ok:
-            raise MigeBenchError(f"{args.data_root} is not a complete copy of the {task.id} data (see above).")
+            raise MigeBenchError(f"{report.location} is not a complete copy of the {task.id} data (see above).")
 
 
 EXIT_CHECK_FAILED = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +52,13 @@ def fetch_dataset(task: Task, destination: Path | None = None, progress: bool = 
     Returns:
         The folder holding the copy (pass it as ``--data-root`` when it is not the default).
     """
-    destination = Path(destination) if destination is not None else default_data_dir(task)
+    elsewhere = destination is not None
+    destination = Path(destination) if elsewhere else default_data_dir(task)
     destination.mkdir(parents=True, exist_ok=True)
     folder = _dataset_module(task).fetch(task, destination, progress)
-    logger.info(
-        "Fetched the data of %s into %s; validate it with `mige-bench data check %s`.", task.id, folder, task.id
-    )
+    # `data check` without --data-root checks the default folder, so a copy put elsewhere must be named.
+    check = f"mige-bench data check {task.id}" + (f" --data-root {shlex.quote(str(folder))}" if elsewhere else "")
+    logger.info("Fetched the data of %s into %s; validate it with `%s`.", task.id, folder, check)
     return folder
 
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from diffusers import AutoencoderKL
@@ -52,12 +54,29 @@ RELEASE_EVA_KWARGS: dict[str, object] = {"embed_dim": 1408, "depth": 39, "num_he
 RELEASE_FFM_NUM_HEADS = 8
 
 # Folder and file names inside a download of the release.
+RELEASE_HUB_ID = "EurekaTian/MIGE"
 RELEASE_CHECKPOINT = "model.pth"
 RELEASE_T5_FOLDER = "t5-v1_1-xxl"
 RELEASE_BERT_FOLDER = "bert-base-uncased"
 RELEASE_VAE_FOLDER = "sd-vae-ft-ema"
+# What the conversion reads of the release, as `hf download --include` patterns: the rest (the T5 weights among it,
+# tens of GB) is not needed because model.pth holds every trained tensor. One --include per pattern: `hf` reads
+# `--include a b` as the pattern a plus the file names b, and then ignores --include, dropping a.
+RELEASE_DOWNLOAD_PATTERNS = (
+    RELEASE_CHECKPOINT,
+    f"{RELEASE_T5_FOLDER}/*.json",
+    f"{RELEASE_T5_FOLDER}/spiece.model",
+    f"{RELEASE_BERT_FOLDER}/config.json",
+    f"{RELEASE_VAE_FOLDER}/*",
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def release_download_command(local_dir: Path) -> str:
+    """The shell command that downloads what the conversion reads of the release into ``local_dir``."""
+    includes = [word for pattern in RELEASE_DOWNLOAD_PATTERNS for word in ("--include", pattern)]
+    return shlex.join(["hf", "download", RELEASE_HUB_ID, *includes, "--local-dir", str(local_dir)])
 
 
 def model_configs(
@@ -166,13 +185,50 @@ def load_original_models(
 
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """``model.pth`` as a state dict: ``weights_only`` (no pickled code runs), memory-mapped, ``['state_dict']``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """``model.pth`` as a state dict: ``weights_only`` (no pickled code runs), memory-mapped, ``['state_dict']``.
+
+    Raises:
+        ValueError: The file is not a PyTorch zip archive (empty, truncated or corrupt), or holds no state dict.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        # torch reports a damaged archive as a RuntimeError whose advice (re-save it with torch.save) is wrong for a
+        # downloaded file; the usual cause is an interrupted download.
+        raise ValueError(
+            f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch checkpoint, e.g. an interrupted "
+            "download: delete it and download it again."
+        ) from error
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
     return dict(checkpoint)
+
+
+class _ReleaseConfig(dict):
+    """A ``config.json`` of the release; a key the conversion needs and the file lacks is an error naming the file.
+
+    The configs are read by ``model_configs`` and the encoder's ``config_from_original`` with ``config[key]``; a bare
+    ``KeyError: 'd_model'`` would not say which of the release's files is incomplete.
+
+    Args:
+        path: The ``config.json`` file.
+
+    Raises:
+        ValueError: The file is not JSON (e.g. empty after an interrupted download).
+    """
+
+    def __init__(self, path: Path) -> None:
+        try:
+            content = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON ({error}): delete it and download it again.") from error
+        super().__init__(content)
+        self.path = path
+
+    def __missing__(self, key: str) -> NoReturn:
+        raise ValueError(f"{self.path} has no {key!r}, which the conversion needs: download it again.")
 
 
 def t5_fast_tokenizer(t5_folder: Path) -> PreTrainedTokenizerFast:
@@ -210,8 +266,8 @@ def convert_mige_checkpoint(
     Returns:
         The converted pipeline (also written to ``output_folder``).
     """
-    t5_config = json.loads((t5_folder / "config.json").read_text())
-    bert_config = json.loads((bert_folder / "config.json").read_text())
+    t5_config = _ReleaseConfig(t5_folder / "config.json")
+    bert_config = _ReleaseConfig(bert_folder / "config.json")
     encoder_kwargs, transformer_kwargs = model_configs(t5_config, bert_config, mige_kwargs, eva_kwargs, ffm_num_heads)
     original_state_dict = load_checkpoint(checkpoint)
     logger.info("read %d tensors from %s", len(original_state_dict), checkpoint)
@@ -233,7 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--release",
         type=Path,
-        help=f"download of EurekaTian/MIGE holding {RELEASE_CHECKPOINT}, {RELEASE_T5_FOLDER}/, "
+        help=f"download of {RELEASE_HUB_ID} holding {RELEASE_CHECKPOINT}, {RELEASE_T5_FOLDER}/, "
         f"{RELEASE_BERT_FOLDER}/ and {RELEASE_VAE_FOLDER}/",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder of the converted pipeline")
@@ -248,7 +304,9 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
     """Resolve the paths of parsed arguments, check they exist, convert; returns the output folder.
 
     Raises:
-        FileNotFoundError: A required file or folder is missing (all missing paths are listed).
+        FileNotFoundError: A required file or folder is missing (all missing paths are listed, then the command that
+            downloads them).
+        ValueError: A file of the release is unreadable or incomplete, or does not match the MIGE architecture.
     """
     release = args.release
     defaults = {
@@ -273,7 +331,11 @@ def run_from_arguments(args: argparse.Namespace) -> Path:
         if not path or not path.exists()
     ]
     if missing:
-        raise FileNotFoundError("missing inputs of the MIGE conversion:\n  " + "\n  ".join(missing))
+        raise FileNotFoundError(
+            "missing inputs of the MIGE conversion:\n  "
+            + "\n  ".join(missing)
+            + f"\ndownload them with: {release_download_command(release or Path('mige_release'))}"
+        )
     convert_mige_checkpoint(
         paths["checkpoint"], paths["t5"], paths["bert"], paths["vae"], args.out, dtype=DTYPES[args.dtype]
     )

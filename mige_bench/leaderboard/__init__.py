@@ -140,7 +140,12 @@ def check_leaderboards(root: Path, html_dir: Path | None = None) -> list[str]:
 
     Returns:
         One line per problem (empty when everything is up to date).
+
+    Raises:
+        MigeBenchError: ``root`` does not exist (every generated file would be reported missing, for the wrong reason).
     """
+    if not root.is_dir():
+        raise MigeBenchError(f"no leaderboard at {root}; run from the repository root or pass --root DIR.")
     html_dir = html_dir or root / SITE_DIR
     rendered = render_leaderboards(root, html_dir)
     files = rendered.contents
@@ -172,7 +177,12 @@ def add_row(
 
     Returns:
         The row's results file.
+
+    Raises:
+        MigeBenchError: ``run_dir`` does not exist or holds no ``results.json``.
     """
+    if not run_dir.exists():
+        raise MigeBenchError(f"{run_dir} does not exist; pass a run folder written by `mige-bench run`.")
     source = run_dir / RESULTS
     if not source.is_file():
         raise MigeBenchError(f"{run_dir} has no {RESULTS}; score the run first (`mige-bench score {run_dir}`).")

@@ -18,6 +18,7 @@ fetched automatically, e.g. MagicBrush's password-protected test zip).
 from __future__ import annotations
 
 import logging
+import shlex
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -68,6 +69,11 @@ def locate_copy(task: Task, data_root: Path | None, is_copy: Callable[[Path], bo
     """
     if data_root is not None:
         data_root = Path(data_root).expanduser()
+        if not data_root.is_dir():
+            raise MigeBenchError(
+                f"--data-root {data_root} {'is a file, not a folder' if data_root.exists() else 'does not exist'}; "
+                f"give the folder holding the {task.data.get('dataset', task.name)} data for task {task.id}."
+            )
         if not is_copy(data_root):
             raise MigeBenchError(
                 f"{data_root} does not look like a copy of {task.data.get('dataset', task.name)} for task {task.id}. "
@@ -114,6 +120,7 @@ def fetch_hub_snapshot(task: Task, destination: Path, progress: bool, allow_patt
     """Downloads the task's Hugging Face dataset repository into ``destination`` (resumable: interrupted files are
     completed on the next call, finished ones are not fetched again)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     hub_id = task.data["hub_id"]
@@ -129,10 +136,33 @@ def fetch_hub_snapshot(task: Task, destination: Path, progress: bool, allow_patt
             local_dir=destination,
             allow_patterns=allow_patterns,
         )
+    except LocalEntryNotFoundError as error:
+        # This is how snapshot_download reports a hub it could not reach (no connection, timeout, hub down,
+        # HF_HUB_OFFLINE=1); the network error it caught is the cause. Only its first line: hub errors append
+        # multi-line advice.
+        cause = error.__cause__
+        if isinstance(cause, OfflineModeIsEnabled):
+            reason = "HF_HUB_OFFLINE is set"
+        else:
+            reason = (f"{type(cause).__name__}: {cause}" if cause else str(error)).splitlines()[0].rstrip(": ")
+        raise MigeBenchError(
+            f"Cannot download {hub_id} from the Hugging Face hub ({reason}); check the network connection, or on a "
+            f"machine with internet run `{_hub_download_command(task, allow_patterns)}` and pass --data-root DIR."
+        ) from error
     finally:
         if not progress and not bars_were_disabled:
             enable_progress_bars()
     return destination
+
+
+def _hub_download_command(task: Task, allow_patterns: list[str] | None) -> str:
+    """The ``hf download`` command that fetches the same files as :func:`fetch_hub_snapshot` into ``DIR``."""
+    words = ["hf", "download", task.data["hub_id"], "--repo-type", "dataset"]
+    if task.data.get("hub_revision"):
+        words += ["--revision", str(task.data["hub_revision"])]
+    for pattern in allow_patterns or []:
+        words += ["--include", pattern]
+    return shlex.join([*words, "--local-dir", "DIR"])
 
 
 def download_url(url: str, target: Path, progress: bool) -> Path:

@@ -654,13 +654,13 @@ class DiffusersGenerator(Generator):
         self.scheduler_name = scheduler or (base.scheduler if base else None)
         self.resolution = int(resolution) if resolution else (base.resolution if base else None)
         self.gated = bool(base and base.gated and pretrained is None)
+        self._preset = base
         self.pipe = self._load(pipeline or (base.pipeline if base else None))
         self.family = FAMILIES[type(self.pipe).__name__](self.resolution)
         self.call_kwargs = {**(base.call_kwargs if base else {}), **self._parse_overrides(call_overrides)}
         self.source_call_kwargs = {
             key: value for key, value in (base.source_call_kwargs if base else {}).items() if key not in call_overrides
         }
-        self._preset = base
 
     @property
     def task_kinds(self) -> tuple[SampleKind, ...]:
@@ -745,35 +745,66 @@ class DiffusersGenerator(Generator):
         return declared if declared in FAMILIES else None
 
     def _from_pretrained(self, load: Callable[[Any, str, torch.dtype], Any], pipeline_class: Any) -> Any:
-        from huggingface_hub.errors import GatedRepoError
+        """Loads ``pretrained`` as a local folder when that folder exists or the value cannot be a hub id (see
+        :func:`_is_hub_id`), else as a hub id from the Hugging Face cache; what is missing becomes a one-line error."""
+        from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
         local = Path(self.pretrained).expanduser()
         if local.exists() and not (local / "model_index.json").is_file():
             raise MigeBenchError(
                 f"{local} is not a diffusers pipeline folder (no model_index.json); download one with "
-                f"`hf download <hub id> --local-dir {local}`."
+                f"`{self._download_command(local)}`."
             )
-        source = str(local) if local.exists() else self.pretrained
+        if not local.exists() and not _is_hub_id(self.pretrained):
+            raise MigeBenchError(
+                f"Cannot load diffusers weights from {local}: the folder does not exist. Download the pipeline into "
+                f"it with `{self._download_command(local)}`{self._preset_gated_hint()}."
+            )
         try:
-            return load(pipeline_class, source, DTYPES[self.dtype_name])
+            return load(pipeline_class, str(local) if local.exists() else self.pretrained, DTYPES[self.dtype_name])
         except GatedRepoError as error:
-            raise MigeBenchError(self._missing_weights_message(gated=True)) from error
-        except OSError as error:  # hub errors, missing files and offline mode all derive from OSError
-            raise MigeBenchError(f"{self._missing_weights_message(gated=self.gated)} ({error})") from error
+            raise MigeBenchError(f"{self._missing_weights_message(gated=True)}.") from error
+        except OSError as error:  # missing files, and hub ids not in the cache (LocalEntryNotFoundError)
+            if local.exists():
+                raise MigeBenchError(
+                    f"{local} is an incomplete diffusers pipeline folder ({error}); complete it with "
+                    f"`{self._download_command(local)}`."
+                ) from error
+            if self._preset is not None and self.pretrained == self._preset.pretrained:
+                message = self._missing_weights_message(gated=self.gated)
+            else:
+                message = self._folder_or_hub_id_message()
+            # Not being in the cache is what the message says already; the library's text would only add advice that
+            # does not apply here (pass local_files_only=False).
+            detail = "" if isinstance(error, LocalEntryNotFoundError) else f" ({error})"
+            raise MigeBenchError(f"{message}{detail}.") from error
+
+    def _download_command(self, folder: Path) -> str:
+        """``hf download`` of the preset's weights (or a placeholder without a preset) into ``folder``."""
+        return f"hf download {self._preset.pretrained if self._preset else '<hub id>'} --local-dir {folder}"
+
+    def _preset_gated_hint(self) -> str:
+        return _gated_hint(self._preset.pretrained) if self._preset and self._preset.gated else ""
+
+    def _folder_or_hub_id_message(self) -> str:
+        """``pretrained`` is neither an existing folder nor a cached hub repository, and could mean either."""
+        value = self.pretrained
+        return (
+            f"Cannot load diffusers weights {value!r}: not downloaded (runs never download weights); there is no "
+            f"folder {value} and no hub repository {value} in the Hugging Face cache. Download the pipeline into that "
+            f"folder with `{self._download_command(Path(value))}`{self._preset_gated_hint()}, or, if {value} is a hub "
+            f"id, fetch it into the cache with `hf download {value}`"
+        )
 
     def _missing_weights_message(self, gated: bool) -> str:
+        """The hub id in ``pretrained`` is not in the cache: how to fetch it (without the final full stop)."""
         hub_id = self.pretrained
         message = (
             f"Cannot load diffusers weights {hub_id!r}: not downloaded (runs never download weights). Fetch them with "
             f"`hf download {hub_id} --local-dir models/{Path(hub_id).name}` and pass "
             f"pretrained=models/{Path(hub_id).name}, a folder with model_index.json and one subfolder per component"
         )
-        if gated:
-            message += (
-                f"; the repository is gated: accept its licence at https://huggingface.co/{hub_id} and run "
-                "`hf auth login` (or set HF_TOKEN) first"
-            )
-        return message + "."
+        return message + (_gated_hint(hub_id) if gated else "")
 
     def _parse_overrides(self, overrides: Mapping[str, str]) -> dict[str, Any]:
         accepted = set(inspect.signature(type(self.pipe).__call__).parameters) - {"self", "kwargs"}
@@ -793,6 +824,32 @@ def _lookup_preset(name: str | None) -> Preset | None:
     if name not in PRESETS:
         raise MigeBenchError(f"Unknown diffusers preset {name!r}; presets: {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+def _is_hub_id(value: str) -> bool:
+    """Whether ``pretrained`` can be a hub id: ``owner/name`` with exactly one slash, in the characters the hub allows.
+
+    Paths (absolute, ``./x``, ``~/x``, ``a/b/c``, a bare folder name) are not; ``models/ip2p`` is both a relative
+    folder and a hub id, so a missing one is reported with both readings. Bare legacy hub names (``gpt2``) count as
+    folders: every diffusers pipeline on the hub lives under an owner.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if value.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _gated_hint(hub_id: str) -> str:
+    return (
+        f"; the repository is gated: accept its licence at https://huggingface.co/{hub_id} and run `hf auth login` "
+        "(or set HF_TOKEN) first"
+    )
 
 
 def _parse_flag(name: str, value: str) -> bool:

@@ -229,12 +229,13 @@ def mige_request(sample: Sample) -> dict[str, Any]:
 
 
 def _how_to_convert() -> str:
+    from reference_model.convert_mige_checkpoint import release_download_command
+
     target = default_weights_folder()
     return (
         f"Download the official release from https://huggingface.co/{RELEASE_HUB_ID}: model.pth and the folders "
         "t5-v1_1-xxl (config.json + tokenizer files), bert-base-uncased (config.json) and sd-vae-ft-ema, e.g. "
-        f"`hf download {RELEASE_HUB_ID} --include model.pth 't5-v1_1-xxl/*.json' "
-        "'t5-v1_1-xxl/spiece.model' 'bert-base-uncased/config.json' 'sd-vae-ft-ema/*' --local-dir mige_release`; "
+        f"`{release_download_command(Path('mige_release'))}`; "
         f"convert it with `mige-bench convert-mige --release mige_release --out {target}`; then run with "
         f"--model-args weights={target} (or leave weights out to use that folder)."
     )

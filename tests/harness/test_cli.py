@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -57,7 +59,7 @@ def test_score_an_image_folder(tmp_path, capsys):
         (["run", "--task", "demo", "--model", "identity", "--device", "foo"], "--device 'foo' is not a torch device"),
         (
             ["score", "runs/demo/identity", "--limit", "2", "--overwrite"],
-            "--limit, --overwrite: only for score --images; a run folder is scored as generated",
+            "--limit, --overwrite: only for score --images. A run folder is scored in place, as generated",
         ),
     ],
 )
@@ -68,6 +70,45 @@ def test_bad_input_gets_one_clear_sentence_and_exit_code_2(tmp_path, monkeypatch
     assert error.startswith("error: ")
     assert message in error
     assert "Traceback" not in error
+
+
+def test_score_of_a_run_folder_refuses_task_and_out_because_it_is_scored_in_place(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "runs/demo/identity", "--task", "emu_edit@mige"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --task: only for score --images. A run folder is scored in place, as generated (its manifest fixes "
+        "the task, samples and images); to change those, use `run`.\n"
+    )
+    assert main(["score", "runs/demo/identity", "--out", "elsewhere"]) == 2
+    assert capsys.readouterr().err.startswith("error: --out: only for score --images. A run folder is scored in place")
+
+
+def test_data_check_without_data_root_looks_where_data_fetch_writes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MIGE_BENCH_HOME", str(tmp_path / "home"))
+    assert main(["data", "check", "dreambench@mige"]) == 2
+    assert capsys.readouterr().err == (
+        "error: No local copy of the data for task dreambench@mige. Run `mige-bench data fetch dreambench@mige` on a "
+        f"machine with internet (it writes to {tmp_path / 'home' / 'data' / 'dreambench'}), or pass --data-root DIR "
+        "pointing at your own copy.\n"
+    )
+
+
+@pytest.mark.parametrize(("to", "check"), [(None, ""), ("copy", " --data-root {copy}")], ids=["default", "to"])
+def test_data_fetch_names_the_data_check_that_finds_the_copy(tmp_path, monkeypatch, caplog, to, check):
+    monkeypatch.setenv("MIGE_BENCH_HOME", str(tmp_path / "home"))
+    # The fetch itself is the loader's (tested with the loaders); here it only has to return its folder.
+    monkeypatch.setattr(
+        "mige_bench.data_store._dataset_module",
+        lambda task: types.SimpleNamespace(fetch=lambda task, destination, progress: destination),
+    )
+    copy = tmp_path / "copy"
+    with caplog.at_level(logging.INFO, logger="mige_bench.data_store"):
+        assert main(["data", "fetch", "dreambench@mige", *(["--to", str(copy)] if to else [])]) == 0
+    folder = copy if to else tmp_path / "home" / "data" / "dreambench"
+    assert caplog.messages == [
+        f"Fetched the data of dreambench@mige into {folder}; validate it with "
+        f"`mige-bench data check dreambench@mige{check.format(copy=copy)}`."
+    ]
 
 
 def test_typo_in_task_yaml_is_reported_with_file_and_key(tmp_path, capsys):
@@ -170,6 +211,13 @@ def test_verbose_is_accepted_before_and_after_the_subcommand():
     assert parser.parse_args(["ls", "tasks", "-v"]).verbose is True
     assert parser.parse_args(["data", "check", "demo", "--data-root", "x", "--verbose"]).verbose is True
     assert parser.parse_args(["ls", "tasks"]).verbose is False
+
+
+def test_verbose_is_accepted_after_convert_mige_too():
+    parser = build_parser()
+    assert parser.parse_args(["convert-mige", "--out", "x", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "convert-mige", "--out", "x"]).verbose is True
+    assert parser.parse_args(["convert-mige", "--out", "x"]).verbose is False
 
 
 def test_version_prints_the_installed_version(capsys):

@@ -311,6 +311,15 @@ def test_cli_check_exits_1_when_stale_and_0_when_fresh(board: Path, tmp_path: Pa
     assert "leaderboards are up to date" in capsys.readouterr().out
 
 
+def test_cli_check_without_a_leaderboard_folder_says_where_it_looked(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--check"]) == 2
+    assert capsys.readouterr().err == (
+        "error: no leaderboard at leaderboards; run from the repository root or pass --root DIR.\n"
+    )
+    assert not (tmp_path / "leaderboards").exists()
+
+
 def test_committed_leaderboards_are_up_to_date() -> None:
     assert check_leaderboards(REPO_ROOT / "leaderboards") == []
 
@@ -351,6 +360,15 @@ def test_add_row_copies_results_and_stores_gallery_thumbnails(tmp_path: Path) ->
     assert [label for label, _ in entry["references"]] == ["source_image", "target_image"]
     with Image.open(root / "results" / "demo@smoke" / "mine.gallery" / entry["outputs"][0]) as thumbnail:
         assert thumbnail.size == (256, 128)
+
+
+def test_cli_add_of_a_run_folder_that_does_not_exist_says_so(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "leaderboards"
+    assert main(["leaderboard", "--add", str(tmp_path / "runs" / "none"), "--root", str(root)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'runs' / 'none'} does not exist; pass a run folder written by `mige-bench run`.\n"
+    )
+    assert not root.exists()
 
 
 def test_reported_rows_need_a_citation_and_numeric_scores() -> None:

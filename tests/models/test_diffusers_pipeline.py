@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -421,6 +423,77 @@ def test_gated_weights_say_how_to_authenticate(monkeypatch: pytest.MonkeyPatch) 
 def test_folder_without_model_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MigeBenchError, match=r"no model_index\.json"):
         DiffusersGenerator(pretrained=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "shown"),
+    [("{tmp}/absent", "{tmp}/absent"), ("./models/ip2p", "models/ip2p"), ("~/models/ip2p", "{tmp}/models/ip2p")],
+    ids=["absolute", "dot-relative", "home"],
+)
+def test_missing_folder_says_so_and_what_to_download_into_it(
+    pretrained: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pretrained, shown = pretrained.format(tmp=tmp_path), shown.format(tmp=tmp_path)
+    with pytest.raises(MigeBenchError) as raised:
+        DiffusersGenerator(pretrained=pretrained)
+    assert str(raised.value) == (
+        f"Cannot load diffusers weights from {shown}: the folder does not exist. Download the pipeline into it with "
+        f"`hf download <hub id> --local-dir {shown}`."
+    )
+    with pytest.raises(MigeBenchError) as raised:
+        DiffusersGenerator(preset="flux-kontext", pretrained=pretrained)
+    assert str(raised.value) == (
+        f"Cannot load diffusers weights from {shown}: the folder does not exist. Download the pipeline into it with "
+        f"`hf download black-forest-labs/FLUX.1-Kontext-dev --local-dir {shown}`; the repository is gated: accept its "
+        "licence at https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev and run `hf auth login` (or set "
+        "HF_TOKEN) first."
+    )
+
+
+def test_missing_value_that_is_both_a_relative_folder_and_a_hub_id_names_both_readings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    with pytest.raises(MigeBenchError) as raised:
+        DiffusersGenerator(preset="instruct-pix2pix", pretrained="models/instruct-pix2pix")
+    assert str(raised.value) == (
+        "Cannot load diffusers weights 'models/instruct-pix2pix': not downloaded (runs never download weights); there "
+        "is no folder models/instruct-pix2pix and no hub repository models/instruct-pix2pix in the Hugging Face cache. "
+        "Download the pipeline into that folder with `hf download timbrooks/instruct-pix2pix --local-dir "
+        "models/instruct-pix2pix`, or, if models/instruct-pix2pix is a hub id, fetch it into the cache with "
+        "`hf download models/instruct-pix2pix`."
+    )
+
+
+def test_folder_under_home_loads_through_a_tilde_path(
+    instruct_pix2pix_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(MigeBenchError, match=f"from {tmp_path}/models/ip2p: the folder does not exist"):
+        DiffusersGenerator(pretrained="~/models/ip2p")
+    shutil.copytree(instruct_pix2pix_dir, tmp_path / "models" / "ip2p")
+    generator = DiffusersGenerator(pretrained="~/models/ip2p", resolution="64", **TWO_STEPS)
+    assert generator.settings["pipeline"] == "StableDiffusionInstructPix2PixPipeline"
+    assert len(generator.generate([edit_sample("a")], [0])) == 1
+
+
+def test_incomplete_folder_names_the_missing_file_and_how_to_complete_it(
+    instruct_pix2pix_dir: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(instruct_pix2pix_dir, tmp_path / "ip2p")
+    for weights in (folder / "unet").glob("diffusion_pytorch_model.*"):
+        weights.unlink()
+    expected = (
+        re.escape(f"{folder} is an incomplete diffusers pipeline folder (")
+        + f".*no file named diffusion_pytorch_model.* found in directory {re.escape(str(folder / 'unet'))}.*"
+        + re.escape(f"); complete it with `hf download timbrooks/instruct-pix2pix --local-dir {folder}`.")
+    )
+    with pytest.raises(MigeBenchError, match=f"^{expected}$"):
+        DiffusersGenerator(preset="instruct-pix2pix", pretrained=str(folder))
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:

@@ -115,6 +115,12 @@ def test_missing_weights_name_the_release_files_and_the_convert_command(tmp_path
         message = str(error.value)
         for expected in ("EurekaTian/MIGE", "model.pth", "t5-v1_1-xxl", "sd-vae-ft-ema", "mige-bench convert-mige"):
             assert expected in message
+        # One --include per pattern: `hf download` reads further bare words as file names and then drops --include.
+        assert (
+            "`hf download EurekaTian/MIGE --include model.pth --include 't5-v1_1-xxl/*.json' --include "
+            "t5-v1_1-xxl/spiece.model --include bert-base-uncased/config.json --include 'sd-vae-ft-ema/*' "
+            "--local-dir mige_release`" in message
+        )
 
 
 def test_bad_model_arguments_are_refused(tiny_weights: Path) -> None:

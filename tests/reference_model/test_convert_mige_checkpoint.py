@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 from pathlib import Path
@@ -239,8 +240,85 @@ def test_mige_bench_convert_mige_has_the_converter_flags_and_reports_missing_inp
     add_arguments(converter)
     subcommands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     flags = {option for action in converter._actions for option in action.option_strings}
-    assert flags == {
+    assert flags | {"-v", "--verbose"} == {
         option for action in subcommands.choices["convert-mige"]._actions for option in action.option_strings
     }
     assert cli.main(["convert-mige", "--release", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert RELEASE_CHECKPOINT in capsys.readouterr().err
+
+
+def test_missing_inputs_come_with_the_command_that_downloads_them(tmp_path: Path, capsys) -> None:
+    from mige_bench import cli
+
+    assert cli.main(["convert-mige", "--release", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "error: missing inputs of the MIGE conversion:\n"
+        f"  checkpoint: {tmp_path / RELEASE_CHECKPOINT}\n"
+        f"  T5 config: {tmp_path / RELEASE_T5_FOLDER / 'config.json'}\n"
+        f"  Q-Former (bert) config: {tmp_path / RELEASE_BERT_FOLDER / 'config.json'}\n"
+        f"  VAE config: {tmp_path / RELEASE_VAE_FOLDER / 'config.json'}\n"
+        "download them with: hf download EurekaTian/MIGE --include model.pth --include 't5-v1_1-xxl/*.json' "
+        "--include t5-v1_1-xxl/spiece.model --include bert-base-uncased/config.json --include 'sd-vae-ft-ema/*' "
+        f"--local-dir {tmp_path}\n"
+    )
+
+
+def _truncated_checkpoint() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"t5_proj.bias": torch.zeros(8)}}, buffer)
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", bytes(range(256)) * 4, _truncated_checkpoint()],
+    ids=["empty", "random_bytes", "truncated_zip"],
+)
+def test_a_damaged_checkpoint_is_one_line_asking_to_download_it_again(
+    tiny, tmp_path: Path, capsys, content: bytes
+) -> None:
+    from mige_bench import cli
+
+    release = tmp_path / "release"
+    write_tiny_release(tiny, release, original_state_dict(tiny))
+    (release / RELEASE_CHECKPOINT).write_bytes(content)
+    assert cli.main(["convert-mige", "--release", str(release), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {release / RELEASE_CHECKPOINT} ({len(content):,} bytes) is not a readable PyTorch checkpoint, e.g. "
+        "an interrupted download: delete it and download it again.\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("folder", "text", "problem"),
+    [
+        (
+            RELEASE_T5_FOLDER,
+            json.dumps({"d_kv": 8}),
+            "has no 'd_model', which the conversion needs: download it again.",
+        ),
+        (
+            RELEASE_BERT_FOLDER,
+            json.dumps({"num_hidden_layers": 2}),
+            "has no 'hidden_size', which the conversion needs: download it again.",
+        ),
+        (
+            RELEASE_T5_FOLDER,
+            "",
+            "is not valid JSON (Expecting value: line 1 column 1 (char 0)): delete it and download it again.",
+        ),
+    ],
+    ids=["t5_without_d_model", "bert_without_hidden_size", "empty_t5_config"],
+)
+def test_an_incomplete_config_is_one_line_naming_the_file(
+    tiny, tmp_path: Path, capsys, folder: str, text: str, problem: str
+) -> None:
+    from mige_bench import cli
+
+    release = tmp_path / "release"
+    write_tiny_release(tiny, release, original_state_dict(tiny))
+    (release / folder / "config.json").write_text(text)
+    assert cli.main(["convert-mige", "--release", str(release), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {release / folder / 'config.json'} {problem}\n"
+    assert not (tmp_path / "out").exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
+import os
+import socket
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -147,3 +150,50 @@ def test_hub_fetch_downloads_only_the_public_magicbrush_split(tmp_path: Path, mo
             "allow_patterns": ["data/dev-*", "README.md"],
         }
     ]
+
+
+@pytest.fixture
+def refusing_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Points huggingface_hub at a local port that refuses connections (bound, never listening), with an empty cache.
+
+    The library read HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE at import, so its constants are patched instead.
+    """
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{closed_port.getsockname()[1]}")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        yield
+
+
+@pytest.mark.parametrize(
+    ("offline", "reason"),
+    [
+        (False, f"ConnectError: [Errno {errno.ECONNREFUSED}] {os.strerror(errno.ECONNREFUSED)}"),
+        (True, "HF_HUB_OFFLINE is set"),
+    ],
+    ids=["unreachable", "HF_HUB_OFFLINE"],
+)
+def test_hub_fetch_without_network_names_the_hub_id_and_the_download_command(
+    refusing_hub: None, offline: bool, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", offline)
+    with pytest.raises(MigeBenchError) as raised:
+        fetch_dataset(bundled_task("emu_edit_mige.yaml"), tmp_path / "emu", progress=False)
+    assert str(raised.value) == (
+        f"Cannot download facebook/emu_edit_test_set from the Hugging Face hub ({reason}); check the network "
+        "connection, or on a machine with internet run `hf download facebook/emu_edit_test_set --repo-type dataset "
+        "--local-dir DIR` and pass --data-root DIR."
+    )
+
+
+def test_hub_fetch_without_network_names_the_same_files_and_revision_to_download(
+    refusing_hub: None, tmp_path: Path
+) -> None:
+    task = with_data(bundled_task("magicbrush_dev_all_turn.yaml"), hub_revision="v1.0")
+    with pytest.raises(MigeBenchError, match=r"Cannot download osunlp/MagicBrush from the Hugging Face hub") as raised:
+        fetch_dataset(task, tmp_path / "mb", progress=False)
+    assert (
+        "`hf download osunlp/MagicBrush --repo-type dataset --revision v1.0 --include 'data/dev-*' --include README.md "
+        "--local-dir DIR`" in str(raised.value)
+    )

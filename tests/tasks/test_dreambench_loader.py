@@ -95,6 +95,11 @@ def test_no_local_copy_names_the_fetch_command(tmp_path: Path) -> None:
         load_dreambench(mige_task(), None)
     with pytest.raises(MigeBenchError, match="does not look like a copy"):
         load_dreambench(mige_task(), tmp_path)
+    with pytest.raises(MigeBenchError, match=r"^--data-root \S+/typo does not exist; give the folder holding the "):
+        load_dreambench(mige_task(), tmp_path / "typo")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(MigeBenchError, match=r"a_file is a file, not a folder"):
+        load_dreambench(mige_task(), tmp_path / "a_file")
 
 
 def test_real_dreambench_gives_30_subjects_158_images_750_prompts(shared_data: Path) -> None:
