@@ -354,15 +354,18 @@ def check_run_folder(
     manifest_path = run_dir / rf.MANIFEST
     if not manifest_path.is_file():
         return []
-    differences = run_differences(rf.read_json(manifest_path), manifest)
+    recorded = rf.read_json(manifest_path)
+    differences = run_differences(recorded, manifest)
     if not settings_known:
         differences = [key for key in differences if key != SETTINGS_KEY and not key.startswith(f"{SETTINGS_KEY}.")]
     if extending:
         differences = [key for key in differences if key not in LIMIT_KEYS]
     if differences and not overwrite:
         hint = ""
-        if set(differences) <= LIMIT_KEYS:
+        if "limit" in differences and set(differences) <= LIMIT_KEYS:
             hint = " A run can be extended only with a larger --limit (or none), over the same data, without --shard."
+        elif "content_sha256" not in recorded.get("samples", {}):
+            hint = " (It was made by an older mige-bench, which recorded no digest of the data.)"
         raise MigeBenchError(
             f"{run_dir} holds a different run (differs in: {', '.join(differences)}); use another --out, or "
             f"--overwrite to discard its images and scores.{hint}"

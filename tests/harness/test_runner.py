@@ -565,6 +565,20 @@ def test_extending_is_refused_over_other_data_or_under_shards(tmp_path, monkeypa
     assert rf.read_json(tmp_path / "run" / rf.MANIFEST)["limit"] == 2
 
 
+def test_a_run_folder_from_before_data_digests_is_refused_saying_why(tmp_path):
+    run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET, score=False)
+    manifest = rf.read_json(tmp_path / "run" / rf.MANIFEST)
+    del manifest["samples"]["content_sha256"]
+    rf.write_json_atomic(tmp_path / "run" / rf.MANIFEST, manifest)
+    with pytest.raises(MigeBenchError) as error:
+        run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET, score=False)
+    assert str(error.value).endswith(
+        "(differs in: samples.content_sha256); use another --out, or --overwrite to discard its images and scores. "
+        "(It was made by an older mige-bench, which recorded no digest of the data.)"
+    )
+    score_run(tmp_path / "run", QUIET)  # scoring it needs no digest
+
+
 def test_scoring_refuses_data_whose_content_changed_since_generation(tmp_path, monkeypatch):
     run(GenerationRequest(task="demo", model="identity"), tmp_path / "run", QUIET)
     before = rf.read_json(tmp_path / "run" / rf.RESULTS)
