@@ -389,3 +389,11 @@ def test_untied_or_absent_t5_embedding_fails_loudly(tiny_encoder) -> None:
         convert_original_encoder_state_dict(untied, tiny_encoder)
     with pytest.raises(ValueError, match="must both be present"):
         tiny_encoder.load_original_state_dict({})
+
+
+def test_cuda_autocast_leaves_cat_to_native_promotion_as_the_vit_regime_assumes() -> None:
+    """Spec §1.1: under CUDA fp16 autocast, ``cat(bf16 CLS, fp16 patches)`` promotes to fp32, which makes the ViT's
+    residual stream fp32. That holds because autocast has no CUDA kernel for ``cat`` (CPU autocast has one, and
+    refuses the bf16/fp16 mix), so the bf16 regime cannot be emulated on CPU; a torch that changes this breaks it."""
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("aten::cat", "AutocastCUDA")
+    assert torch.cat((torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1, dtype=torch.float16))).dtype == torch.float32
