@@ -38,7 +38,6 @@ from mige_bench.sample import Sample
 
 logger = logging.getLogger(__name__)
 
-RELEASE_HUB_ID = "EurekaTian/MIGE"
 # No fp16: the release runs bf16 (spec §1.11: bf16-rounded timesteps, bf16 guidance, fp32 ViT residual stream from
 # bf16 weights under fp16 autocast), and T5-v1.1-XXL is known to overflow in fp16.
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -155,6 +154,7 @@ class MIGEGenerator(Generator):
     # -- loading --------------------------------------------------------------------------------------------------
 
     def _load(self) -> Any:
+        from reference_model.convert_mige_checkpoint import RELEASE_HUB_ID
         from reference_model.pipeline_mige import MIGEPipeline
 
         dtype = DTYPES[self.dtype_name]
@@ -229,7 +229,7 @@ def mige_request(sample: Sample) -> dict[str, Any]:
 
 
 def _how_to_convert() -> str:
-    from reference_model.convert_mige_checkpoint import release_download_command
+    from reference_model.convert_mige_checkpoint import RELEASE_HUB_ID, release_download_command
 
     target = default_weights_folder()
     return (
