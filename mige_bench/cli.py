@@ -312,6 +312,39 @@ def _print_outcome(outcome: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+LISTED_UNMATCHED_FILES = 5
+
+
+def warn_unmatched_folder_images(request: Any) -> None:
+    """For ``--model folder``: names the images in the folder that no sample of the task reads (they go unscored).
+
+    Compared with the whole task, not the ``--limit`` subset, so images of samples beyond the limit are not named.
+    """
+    from mige_bench.models.folder import unmatched_files
+    from mige_bench.runner import load_samples
+    from mige_bench.task import get_task
+
+    directory = Path(request.model_args.get("dir", "")).expanduser()
+    if request.model != "folder" or not request.model_args.get("dir") or not directory.is_dir():
+        return  # a missing folder is refused by the generator itself, with the reason
+    task = get_task(request.task)
+    per_sample = task.images_per_sample if request.images_per_sample is None else request.images_per_sample
+    samples = load_samples(task, request.data_root)
+    unmatched = unmatched_files(directory, samples, per_sample)
+    if not unmatched:
+        return
+    names = ", ".join(path.name for path in unmatched[:LISTED_UNMATCHED_FILES])
+    if len(unmatched) > LISTED_UNMATCHED_FILES:
+        names += f" and {len(unmatched) - LISTED_UNMATCHED_FILES} more"
+    expected = ", ".join(f"{samples[0].output_name(k, per_sample)}.png" for k in range(min(per_sample, 2)))
+    print(
+        f"warning: {len(unmatched)} image(s) in {directory} match no sample of {task.id} and will not be scored: "
+        f"{names}. Names must be the sample id"
+        f"{'' if per_sample == 1 else f' plus _<k> for k = 0..{per_sample - 1}'} (e.g. {expected}).",
+        file=sys.stderr,
+    )
+
+
 def command_run(args: argparse.Namespace) -> None:
     from mige_bench.runner import ExecutionOptions, GenerationRequest, run
     from mige_bench.task import get_task
@@ -326,6 +359,7 @@ def command_run(args: argparse.Namespace) -> None:
         images_per_sample=args.images_per_sample,
         data_root=args.data_root,
     )
+    warn_unmatched_folder_images(request)
     outcome = run(
         request,
         out=args.out or default_out(task.id, args.model),
@@ -354,6 +388,7 @@ def command_score(args: argparse.Namespace) -> None:
             data_root=args.data_root,
         )
         options = _execution_options(args, ExecutionOptions, overwrite=args.overwrite)
+        warn_unmatched_folder_images(request)
         outcome = run(request, out=args.out or default_out(task.id, "folder"), options=options, backbones=backbones)
     elif args.run_dir is not None:
         given = [

@@ -22,6 +22,27 @@ from mige_bench.sample import Sample, output_stem
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def image_files(directory: Path) -> dict[str, Path]:
+    """File stem -> path of every image in ``directory``; two images with one stem are refused (which to score?)."""
+    files: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in files:
+                raise MigeBenchError(f"{directory}: both {files[path.stem].name} and {path.name} exist; keep one.")
+            files[path.stem] = path
+    return files
+
+
+def unmatched_files(directory: Path, samples: Sequence[Sample], images_per_sample: int) -> list[Path]:
+    """Images in ``directory`` named after no output of ``samples``: a run never reads them, so they go unscored.
+
+    Usually a naming mistake (``0001.png`` for a sample id, ``<id>.png`` where several images per sample are
+    expected) that would otherwise show only as "missing file" failures.
+    """
+    expected = {sample.output_name(k, images_per_sample) for sample in samples for k in range(images_per_sample)}
+    return [path for stem, path in image_files(directory).items() if stem not in expected]
+
+
 class FolderGenerator(Generator):
     """Reads pre-generated images from a folder.
 
@@ -35,14 +56,7 @@ class FolderGenerator(Generator):
         self.directory = Path(dir).expanduser()
         if not self.directory.is_dir():
             raise MigeBenchError(f"Image folder {self.directory} does not exist.")
-        self.files: dict[str, Path] = {}
-        for path in sorted(self.directory.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                if path.stem in self.files:
-                    raise MigeBenchError(
-                        f"{self.directory}: both {self.files[path.stem].name} and {path.name} exist; keep one."
-                    )
-                self.files[path.stem] = path
+        self.files = image_files(self.directory)
         if not self.files:
             raise MigeBenchError(
                 f"Image folder {self.directory} holds no images ({', '.join(IMAGE_SUFFIXES)}); expected files named "

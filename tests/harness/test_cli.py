@@ -44,6 +44,33 @@ def test_score_an_image_folder(tmp_path, capsys):
     assert second["model"]["name"] == "folder"
 
 
+def test_score_an_image_folder_names_images_no_sample_reads(tmp_path, capsys):
+    main(["run", "--task", "demo", "--model", "identity", "--out", str(tmp_path / "a"), "--no-progress"])
+    source = tmp_path / "made_elsewhere"
+    source.mkdir()
+    for image in (tmp_path / "a" / "images").iterdir():
+        (source / image.name).write_bytes(image.read_bytes())
+    (source / "red_circle.png").rename(source / "red-circle.png")  # a typo: that sample fails, the file goes unread
+    (source / "contact_sheet.jpg").write_bytes((source / "green_square.png").read_bytes())
+    capsys.readouterr()
+    argv = ["score", "--images", str(source), "--task", "demo", "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"warning: 2 image(s) in {source} match no sample of demo@smoke and will not be scored: contact_sheet.jpg, "
+        "red-circle.png. Names must be the sample id (e.g. red_circle.png)."
+    )
+    assert f"missing file {source / 'red_circle.png'}" in err
+    # --limit scores a subset; the images of the samples beyond it are the task's, not strays.
+    main([*argv, str(tmp_path / "c"), "--limit", "2"])
+    assert capsys.readouterr().err.startswith(f"warning: 2 image(s) in {source} match no sample of demo@smoke")
+    main([*argv, str(tmp_path / "d"), "--images-per-sample", "2"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: 7 image(s) in {source} match no sample of demo@smoke and will not be scored: ")
+    assert ", night_background.png and 2 more. Names must be the sample id plus _<k> for k = 0..1 (e.g. " in err
+    assert "(e.g. red_circle_0.png, red_circle_1.png)." in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
