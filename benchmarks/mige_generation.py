@@ -1,8 +1,9 @@
 """MIGE generation cost: the original scripts' scheme vs ``MIGEPipeline``, at equal outputs.
 
 The original recomputes the whole multimodal conditioning (EVA ViT + Q-Former + FFM on all 4 reference slots, padding
-included, then the T5-XXL encoder) inside every denoising step; the pipeline computes it once per image, only for the
-slots a marker reads. Three sections:
+included, then the T5-XXL encoder, then the DiT's caption projection and every block's cross-attention keys and
+values) inside every denoising step; the pipeline computes it once per image, only for the slots a marker reads.
+Three sections:
 
 1. Model FLOPs per image, counted from the released configuration (matmuls, convolutions and attention products;
    norms and activations ignored), for each task kind at its default steps and CFG width.
@@ -10,8 +11,11 @@ slots a marker reads. Three sections:
    inputs (asserted equal up to float reordering), and the ratio is printed.
 3. On a GPU (when CUDA is available): seconds per image and peak memory at 512 px for batch sizes 1 and 8, original
    scheme vs pipeline, with and without encoder offload, on the full-size architecture with random bf16 weights.
+   Without a GPU: the same full-size architecture on CPU (about 16 GiB of RAM), timed over a few solver calls and
+   projected to the task's step count, with the peak tensor memory each scheme would need on a GPU, VAE decode
+   included (``tensor_memory.LiveTensorBytes``).
 
-Usage: ``python benchmarks/mige_generation.py [--steps 6] [--repeats 2] [--skip-gpu]``.
+Usage: ``python benchmarks/mige_generation.py [--steps 6] [--repeats 2] [--skip-gpu] [--full-size-batches 1 8]``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from diffusers import AutoencoderKL
+from diffusers.utils import logging as diffusers_logging
+from tensor_memory import LiveTensorBytes, weight_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
 from reference_model import (
@@ -33,7 +40,7 @@ from reference_model import (
     SamplingSettings,
     sample_mige_latents,
 )
-from reference_model.pipeline_mige import temporarily_on
+from reference_model.pipeline_mige import VAE_LATENT_SCALE, temporarily_on
 from reference_model.scheduling_mige import DPMSolverPlusPlus2M, GuidedNoisePredictor
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -131,6 +138,13 @@ def dit_row_flops(config: dict, caption_tokens: int) -> int:
     return embed + caption + config["depth"] * block + final
 
 
+def caption_keys_values_flops(config: dict, caption_tokens: int) -> int:
+    """The part of :func:`dit_row_flops` that depends on the caption alone (caption MLP, every block's K/V)."""
+    width = config["hidden_size"]
+    caption = linear(caption_tokens, config["caption_channels"], width) + linear(caption_tokens, width, width)
+    return caption + config["depth"] * linear(caption_tokens, width, 2 * width)
+
+
 def conditioning_flops(encoder: dict, transformer: dict, encoded_slots: int) -> int:
     """Multimodal conditioning of one prompt with ``encoded_slots`` reference slots through the image branch."""
     reference_tokens = (transformer["input_size"] // transformer["patch_size"]) ** 2
@@ -149,16 +163,21 @@ class FlopsPerImage:
 
 
 def flops_per_image(encoder: dict, transformer: dict, settings: SamplingSettings, used_slots: int) -> FlopsPerImage:
-    """Original scheme (conditioning on all slots at every step) vs ours (once, used slots only)."""
+    """Original scheme (conditioning on all slots, caption K/V included, at every step) vs ours (once, used slots).
+
+    ``conditioning_once`` and ``dit_per_step`` are ours: the captions' keys and values belong to the former.
+    """
     rows = 2 if settings.guidance_mode == "subject" else 3
     dit_step = rows * dit_row_flops(transformer, encoder["max_length"])
+    caption_keys_values = rows * caption_keys_values_flops(transformer, encoder["max_length"])
     original_conditioning = conditioning_flops(encoder, transformer, encoder["max_references"])
-    ours_conditioning = conditioning_flops(encoder, transformer, used_slots)
+    ours_conditioning = conditioning_flops(encoder, transformer, used_slots) + caption_keys_values
+    ours_step = dit_step - caption_keys_values
     return FlopsPerImage(
         conditioning_once=ours_conditioning,
-        dit_per_step=dit_step,
+        dit_per_step=ours_step,
         original=settings.steps * (original_conditioning + dit_step),
-        ours=ours_conditioning + settings.steps * dit_step,
+        ours=ours_conditioning + settings.steps * ours_step,
     )
 
 
@@ -185,7 +204,8 @@ def report_flops() -> None:
             f"{flops.dit_per_step / 1e12:9.2f} {flops.original / 1e12:9.1f} {flops.ours / 1e12:8.1f} "
             f"{flops.original / flops.ours:5.2f}x"
         )
-    print("(original: ViT/Q-Former/FFM on 4 slots + T5 at every step; ours: used slots + T5 once)\n")
+    print("(original: ViT/Q-Former/FFM on 4 slots + T5 + caption K/V at every step; ours: used slots + T5 + caption "
+          "K/V once)\n")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -268,15 +288,22 @@ def sample_original_scheme(encoder, transformer, conditions: Conditions, setting
 
 
 @torch.no_grad()
-def sample_ours(encoder, transformer, conditions: Conditions, settings: SamplingSettings) -> torch.Tensor:
+def encode_once(encoder, transformer, conditions: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline's conditioning: once per image (as ``MIGEPipeline.encode_conditioning``), used slots only."""
     states, masks = [], []
-    for b, segments in enumerate(conditions.segment_ids):  # once per image, as MIGEPipeline.encode_conditioning
+    for b, segments in enumerate(conditions.segment_ids):
         tokens = transformer.embed_reference_latents(conditions.reference_latents[b])[None]
         encoded = encoder([segments], conditions.reference_pixels[b : b + 1], tokens, skip_unused_references=True)
         states.append(encoded.hidden_states)
         masks.append(encoded.attention_mask)
+    return torch.cat(states), torch.cat(masks)  # [B, L, D], [B, L]
+
+
+@torch.no_grad()
+def sample_ours(encoder, transformer, conditions: Conditions, settings: SamplingSettings) -> torch.Tensor:
+    states, masks = encode_once(encoder, transformer, conditions)
     return sample_mige_latents(
-        transformer, torch.cat(states), torch.cat(masks), conditions.source_latents, conditions.noise, settings
+        transformer, states, masks, conditions.source_latents, conditions.noise, settings
     ).latents
 
 
@@ -339,7 +366,21 @@ def report_cpu(steps: int, repeats: int) -> None:
     print(f"FLOPs/image: counted original {counted.original / 1e9:.1f} G vs torch FlopCounter "
           f"{measured / 1e9:.1f} G + {uncounted / 1e9:.1f} G of DiT SDPA it cannot see "
           f"= {(measured + uncounted) / 1e9:.1f} G; "
-          f"counted ours {counted.ours / 1e9:.1f} G -> {counted.original / counted.ours:.2f}x\n")  # fmt: skip
+          f"counted ours {counted.ours / 1e9:.1f} G -> {counted.original / counted.ours:.2f}x")  # fmt: skip
+
+    # In bf16 (section 3's regime) the schemes' different batch shapes (4 slots at once vs the used one) round
+    # differently; this is the scale of that difference next to bf16's own error against fp32.
+    encoder, transformer = encoder.to(torch.bfloat16), transformer.to(torch.bfloat16)
+    original_bf16 = sample_original_scheme(encoder, transformer, conditions, settings)
+    ours_bf16 = sample_ours(encoder, transformer, conditions, settings)
+    differences = {
+        "original - ours": original_bf16 - ours_bf16,
+        "ours - fp32": ours_bf16 - ours,
+        "original - fp32": original_bf16 - original,
+    }
+    print("bf16, max |difference| / max |latent|: "
+          + ", ".join(f"{name} {(d.abs().max() / ours.abs().max()).item():.2g}" for name, d in differences.items())
+          + "\n")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -354,7 +395,7 @@ def full_size_random_models(device: torch.device) -> tuple[MIGEMultimodalEncoder
         transformer = MIGETransformer2DModel(**MIGE_TRANSFORMER_SIZES["MIGE_XL_2"])
     models = []
     for model in (encoder, transformer):
-        model = model.to_empty(device=device).to(torch.bfloat16).eval().requires_grad_(False)
+        model = model.to(torch.bfloat16).to_empty(device=device).eval().requires_grad_(False)
         with torch.no_grad():
             for tensor in model.state_dict().values():
                 if tensor.is_floating_point():
@@ -394,18 +435,133 @@ def report_gpu(steps: int, batch_sizes: Sequence[int]) -> None:
 
 def _with_encoder_offload(encoder, transformer, conditions: Conditions, settings: SamplingSettings) -> torch.Tensor:
     """Ours with the encoder on CPU except while encoding (as ``MIGEPipeline.enable_encoder_offload``)."""
-    device = transformer.device
+    with temporarily_on(encoder, transformer.device):
+        states, masks = encode_once(encoder, transformer, conditions)
     with torch.no_grad():
-        with temporarily_on(encoder, device):
-            states, masks = [], []
-            for b, segments in enumerate(conditions.segment_ids):
-                tokens = transformer.embed_reference_latents(conditions.reference_latents[b])[None]
-                encoded = encoder([segments], conditions.reference_pixels[b : b + 1], tokens)
-                states.append(encoded.hidden_states)
-                masks.append(encoded.attention_mask)
         return sample_mige_latents(
-            transformer, torch.cat(states), torch.cat(masks), conditions.source_latents, conditions.noise, settings
+            transformer, states, masks, conditions.source_latents, conditions.noise, settings
         ).latents
+
+
+# --------------------------------------------------------------------------------------------------------------------
+#                3. (no GPU) Full size on CPU: seconds per image and the device memory each scheme needs
+# --------------------------------------------------------------------------------------------------------------------
+
+# sd-vae-ft-ema's config.json (the release's VAE folder): SD's 4-level KL autoencoder.
+SD_VAE_CONFIG = {
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 4, "sample_size": 256,
+}  # fmt: skip
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def report_full_size_on_cpu(steps: int, batch_sizes: Sequence[int]) -> None:
+    """Section 3 without a GPU: time per image and the peak tensor memory of each scheme, full-size architecture.
+
+    One solver call costs the same at every step, so the seconds per image at the task's default step count are
+    projected from ``steps`` measured calls: original = N x (call with conditioning) + decode; ours = conditioning
+    once + N x call + decode. The memory column with the encoder offloaded is composed from the measured phase
+    peaks: the encoder's weights count while encoding, only the transformer's and VAE's afterwards.
+    """
+    with torch.device("meta"):
+        footprint = sum(weight_bytes(model) for model in (MIGEMultimodalEncoder(), MIGETransformer2DModel(
+            **MIGE_TRANSFORMER_SIZES["MIGE_XL_2"])))  # fp32 bytes  # fmt: skip
+    needed = footprint // 2 + 4 * 2**30  # bf16 weights plus headroom for activations, the VAE and the process
+    available = available_memory_bytes()
+    if available is not None and available < needed:
+        print(f"## 3. Full size on CPU: skipped ({available / 2**30:.1f} GiB of RAM available, "
+              f"{needed / 2**30:.1f} GiB needed)")  # fmt: skip
+        return
+    task_steps = TASK_SAMPLING_DEFAULTS["edit"].steps
+    settings = SamplingSettings(guidance_mode="edit", steps=steps, guidance_scale=5.0, source_guidance_scale=1.0)
+    device = torch.device("cpu")
+    encoder, transformer = full_size_random_models(device)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SD_VAE_CONFIG).eval().requires_grad_(False)  # fp32, as the pipeline keeps it
+    weights = {"encoder": weight_bytes(encoder), "transformer": weight_bytes(transformer), "vae": weight_bytes(vae)}
+    print(f"## 3. Full size on CPU ({torch.get_num_threads()} threads), released architecture with random bf16 "
+          f"weights (VAE fp32), 512 px, edit, {steps} solver calls measured, projected to {task_steps}")  # fmt: skip
+    print("weights: " + ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in weights.items()))
+    print("peak = weights on the device + the most live tensor bytes at once (what max_memory_allocated counts)")
+    print(f"{'bs':>3s} {'scheme':16s} {'s/call':>7s} {f's/image@{steps}':>11s} {f's/image@{task_steps}':>11s} "
+          f"{'peak GiB':>9s} {'offloaded':>9s}")  # fmt: skip
+    for batch in batch_sizes:
+        conditions = random_conditions(encoder, transformer, batch, device)
+        inputs = (conditions.reference_pixels, conditions.reference_latents, conditions.source_latents,
+                  conditions.noise)  # fmt: skip
+
+        ours = LiveTensorBytes(device.type, weights=(encoder, transformer, vae))
+        ours.add(*inputs)
+        with ours:
+            ours.enter_phase("encode")
+            start = time.perf_counter()
+            states, masks = encode_once(encoder, transformer, conditions)
+            encode_seconds = time.perf_counter() - start
+            ours.enter_phase("sample")
+            start = time.perf_counter()
+            with torch.no_grad():
+                latents = sample_mige_latents(
+                    transformer, states, masks, conditions.source_latents, conditions.noise, settings
+                ).latents
+            call_seconds = (time.perf_counter() - start) / steps
+            ours.enter_phase("decode")
+            start = time.perf_counter()
+            with torch.no_grad():
+                vae.decode(latents / VAE_LATENT_SCALE)
+            decode_seconds = time.perf_counter() - start
+
+        original = LiveTensorBytes(device.type, weights=(encoder, transformer, vae))
+        original.add(*inputs)
+        with original:
+            original.enter_phase("sample")
+            start = time.perf_counter()
+            original_latents = sample_original_scheme(encoder, transformer, conditions, settings)
+            original_call_seconds = (time.perf_counter() - start) / steps
+        # bf16 reorders sums differently per batch shape (the original encodes 4 slots of every image at once), so
+        # the two agree to bf16 precision here; section 2 checks equality in fp32.
+        difference = ((original_latents - latents).abs().max() / latents.abs().max()).item()
+
+        resident = sum(weights.values())
+        sampling_weights = weights["transformer"] + weights["vae"]
+        # scheme: (seconds paid once per batch, seconds per solver call, peak with everything resident, peak with
+        # the encoder offloaded — the original scripts keep it on the device)
+        rows = {
+            "original scheme": (
+                decode_seconds,
+                original_call_seconds,
+                resident + max(original.peaks["sample"], ours.peaks["decode"]),
+                None,
+            ),
+            "ours": (
+                encode_seconds + decode_seconds,
+                call_seconds,
+                resident + max(ours.peaks.values()),
+                max(
+                    resident + ours.peaks["encode"], sampling_weights + max(ours.peaks["sample"], ours.peaks["decode"])
+                ),
+            ),
+        }
+        for name, (once, per_call, peak, offloaded) in rows.items():
+            offloaded_text = "-" if offloaded is None else f"{offloaded / 2**30:.2f}"
+            measured, projected = (once + steps * per_call) / batch, (once + task_steps * per_call) / batch
+            print(f"{batch:3d} {name:16s} {per_call:7.2f} {measured:11.2f} {projected:11.2f} {peak / 2**30:9.2f} "
+                  f"{offloaded_text:>9s}")  # fmt: skip
+        speedup = (decode_seconds + task_steps * original_call_seconds) / (
+            encode_seconds + decode_seconds + task_steps * call_seconds
+        )
+        print(f"    conditioning once {encode_seconds / batch:.2f} s/image, VAE decode {decode_seconds / batch:.2f} "
+              f"s/image; speed-up at {task_steps} steps {speedup:.2f}x; latents max |ours - original| / max |ours| "
+              f"= {difference:.2g}")  # fmt: skip
+    print()
 
 
 def main() -> None:
@@ -414,13 +570,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions after a warm-up (2)")
     parser.add_argument("--gpu-steps", type=int, default=20, help="solver steps of the GPU comparison (20)")
     parser.add_argument("--skip-gpu", action="store_true", help="skip section 3 even when CUDA is available")
+    parser.add_argument("--full-size-steps", type=int, default=2,
+                        help="without a GPU: solver calls measured on the full-size model on CPU (2)")  # fmt: skip
+    parser.add_argument("--full-size-batches", type=int, nargs="+", default=[1], metavar="BS",
+                        help="without a GPU: batch sizes of the full-size CPU measurement (1)")  # fmt: skip
+    parser.add_argument("--skip-full-size", action="store_true",
+                        help="without a GPU: skip the full-size CPU run (minutes, about 16 GiB of RAM)")  # fmt: skip
     args = parser.parse_args()
+    diffusers_logging.set_verbosity_error()  # its warning on casting with to() is for fp32-kept modules; MIGE has none
     report_flops()
     report_cpu(args.steps, args.repeats)
     if torch.cuda.is_available() and not args.skip_gpu:
         report_gpu(args.gpu_steps, batch_sizes=(1, 8))
+    elif args.skip_full_size:
+        print("## 3. skipped (--skip-full-size)")
     else:
-        print("## 3. GPU: skipped (no CUDA device)")
+        report_full_size_on_cpu(args.full_size_steps, args.full_size_batches)
 
 
 if __name__ == "__main__":

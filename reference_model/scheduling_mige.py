@@ -342,14 +342,23 @@ class GuidedNoisePredictor:
         self.cfg_captions = torch.cat([c.to(dtype) for c in captions])  # [k*B, L, C_cap]
         self.cfg_masks = caption_mask.repeat(self.num_branches, 1)  # [k*B, L]
         self.cfg_sources = torch.cat(sources)  # [k*B, C, H, W]
+        # The captions' cross-attention keys and values are the same at every step: computed once, here.
+        with torch.no_grad():
+            self.cfg_caption_kv = transformer.caption_keys_values(self.cfg_captions)  # depth x 2 x [k*B, H, L, d]
 
     def __call__(self, x: torch.Tensor, t_continuous: torch.Tensor) -> torch.Tensor:
         """Guided noise for latents ``x`` ``[B, C, H, W]`` at continuous times ``t_continuous`` ``[B]``."""
         x_in = torch.cat([x] * self.num_branches)  # [k*B, C, H, W]
         t_in = self.schedule.model_time(torch.cat([t_continuous] * self.num_branches))  # [k*B]
-        out = self.transformer(x_in, t_in, self.cfg_captions, self.cfg_masks, self.cfg_sources, return_dict=False)[
-            0
-        ]  # [k*B, 2C, H, W]
+        out = self.transformer(
+            x_in,
+            t_in,
+            None,
+            self.cfg_masks,
+            self.cfg_sources,
+            return_dict=False,
+            caption_keys_values=self.cfg_caption_kv,
+        )[0]  # [k*B, 2C, H, W]
         eps_rows = out[:, : x.shape[1]]  # [k*B, C, H, W]: the learned-variance half is dropped
         guided = self._combine(eps_rows.chunk(self.num_branches))  # [B, C, H, W]
         if self.record_calls:

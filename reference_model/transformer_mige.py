@@ -42,7 +42,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -158,22 +158,32 @@ class CrossAttention(nn.Module):
         self.kv_linear = nn.Linear(hidden_size, 2 * hidden_size, bias=True)
         self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
 
-    def forward(self, x: torch.Tensor, caption: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+    def caption_keys_values(self, caption: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the projected caption tokens ``[N, L, D]``: two ``[N, H, L, d]`` tensors.
+
+        They depend on the caption alone, not on the latent or the timestep, so a sampler computes them once.
+        """
+        n, length, width = caption.shape
+        kv = self.kv_linear(caption).view(n, length, 2, self.num_heads, width // self.num_heads)  # [N, L, 2, H, d]
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x [N, H, L, d]
+        return k, v
+
+    def forward(
+        self, x: torch.Tensor, caption_kv: tuple[torch.Tensor, torch.Tensor], caption_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Cross-attend.
 
         Args:
             x: Image tokens ``[N, T, D]``.
-            caption: Projected caption tokens ``[N, L, D]``.
+            caption_kv: :meth:`caption_keys_values` of the row's caption, 2 x ``[N, H, L, d]``.
             caption_mask: Boolean ``[N, L]``, True where the caption token is real.
 
         Returns:
             ``[N, T, D]``.
         """
         n, tokens, width = x.shape
-        head_dim = width // self.num_heads
-        q = self.q_linear(x).view(n, tokens, self.num_heads, head_dim).transpose(1, 2)  # [N, H, T, d]
-        kv = self.kv_linear(caption).view(n, caption.shape[1], 2, self.num_heads, head_dim)  # [N, L, 2, H, d]
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x [N, H, L, d]
+        q = self.q_linear(x).view(n, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)  # [N, H, T, d]
+        k, v = caption_kv  # 2 x [N, H, L, d]
         key_mask = caption_mask[:, None, None, :]  # [N, 1, 1, L]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # [N, H, T, d]
         return self.proj(out.transpose(1, 2).reshape(n, tokens, width))  # [N, T, D]
@@ -211,13 +221,17 @@ class MIGETransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     def forward(
-        self, x: torch.Tensor, caption: torch.Tensor, caption_mask: torch.Tensor, t0: torch.Tensor
+        self,
+        x: torch.Tensor,
+        caption_kv: tuple[torch.Tensor, torch.Tensor],
+        caption_mask: torch.Tensor,
+        t0: torch.Tensor,
     ) -> torch.Tensor:
         """Run one block.
 
         Args:
             x: Image tokens ``[N, T, D]``.
-            caption: Projected caption tokens ``[N, L, D]``.
+            caption_kv: This block's cross-attention keys and values of the caption, 2 x ``[N, H, L, d]``.
             caption_mask: Boolean ``[N, L]``.
             t0: Timestep modulation ``[N, 6 * D]``.
 
@@ -227,7 +241,7 @@ class MIGETransformerBlock(nn.Module):
         modulation = self.scale_shift_table[None] + t0.reshape(x.shape[0], 6, -1)  # [N, 6, D]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, 1)  # [N, 1, D]
         x = x + gate_msa * self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa))  # [N, T, D]
-        x = x + self.cross_attn(x, caption, caption_mask)  # [N, T, D]
+        x = x + self.cross_attn(x, caption_kv, caption_mask)  # [N, T, D]
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [N, T, D]
         return x
 
@@ -325,14 +339,30 @@ class MIGETransformer2DModel(ModelMixin, ConfigMixin):
         latents = torch.cat([latents, torch.zeros_like(latents)], dim=1)  # [N, 8, H, W]
         return self.x_embedder(latents)  # [N, T, D]
 
+    def caption_keys_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's cross-attention keys and values of a caption (``y_embedder``, then each ``kv_linear``).
+
+        They depend on the caption alone, so a sampler passes them to :meth:`forward` at every step instead of
+        recomputing them (the same operations on the same inputs: outputs are unchanged).
+
+        Args:
+            encoder_hidden_states: Caption states ``[N, L, caption_channels]``.
+
+        Returns:
+            Per block, keys and values ``[N, heads, L, hidden_size / heads]``.
+        """
+        caption = self.y_embedder(encoder_hidden_states.to(self.dtype))  # [N, L, D]
+        return [block.cross_attn.caption_keys_values(caption) for block in self.blocks]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor,
         source_latents: torch.Tensor,
         return_dict: bool = True,
+        caption_keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """Predict noise (and the variance interpolation) for a batch of rows.
 
@@ -341,10 +371,12 @@ class MIGETransformer2DModel(ModelMixin, ConfigMixin):
             timestep: Model timesteps ``[N]`` (0..999 scale, may be fractional). Rounded to the model
                 dtype first, as in the original.
             encoder_hidden_states: Caption states ``[N, L, caption_channels]`` (T5 output, or ``null_caption``
-                rows for the unconditional branches).
+                rows for the unconditional branches); may be None when ``caption_keys_values`` is given.
             encoder_attention_mask: ``[N, L]``, non-zero for real caption tokens.
             source_latents: Source latents ``[N, in_channels, H, W]`` (zeros when there is no source image).
             return_dict: Return a :class:`Transformer2DModelOutput` instead of a tuple.
+            caption_keys_values: :meth:`caption_keys_values` of these rows' captions, computed once per sampling
+                run; computed from ``encoder_hidden_states`` when None.
 
         Returns:
             ``sample`` ``[N, out_channels, H, W]``: channels ``[:in_channels]`` are the noise prediction,
@@ -364,12 +396,15 @@ class MIGETransformer2DModel(ModelMixin, ConfigMixin):
         t0 = self.t_block(F.silu(t))  # [N, 6D]
         x = torch.cat([hidden_states.to(dtype), source_latents.to(dtype)], dim=1)  # [N, 8, H, W]
         x = self.x_embedder(x) + self.pos_embed.to(dtype)  # [N, T, D]
-        caption = self.y_embedder(encoder_hidden_states.to(dtype))  # [N, L, D]
+        if caption_keys_values is None:
+            if encoder_hidden_states is None:
+                raise ValueError("pass encoder_hidden_states or caption_keys_values")
+            caption_keys_values = self.caption_keys_values(encoder_hidden_states)  # depth x 2 x [N, H, L, d]
         caption_mask = encoder_attention_mask.to(x.device) != 0  # [N, L]
 
         # Transformer blocks.
-        for block in self.blocks:
-            x = block(x, caption, caption_mask, t0)  # [N, T, D]
+        for block, caption_kv in zip(self.blocks, caption_keys_values, strict=True):
+            x = block(x, caption_kv, caption_mask, t0)  # [N, T, D]
 
         # Final layer and unpatchify.
         x = self.final_layer(x, t)  # [N, T, p*p*C_out]

@@ -165,9 +165,14 @@ class RowCodingTransformer(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.null_caption.dtype
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, source_latents, **_):
+    def caption_keys_values(self, encoder_hidden_states):
+        return [(encoder_hidden_states, encoder_hidden_states)]  # one "block", keyed by the caption states themselves
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, source_latents, **kwargs):
         self.masks.append(encoder_attention_mask)
         self.timesteps.append(timestep)
+        if kwargs.get("caption_keys_values") is not None:
+            encoder_hidden_states = kwargs["caption_keys_values"][0][0]
         has_caption = (encoder_hidden_states[:, 0, 0] != -1).float()
         has_source = (source_latents.flatten(1).abs().sum(dim=1) > 0).float()
         eps = broadcast(has_caption + 10 * has_source).expand_as(hidden_states)

@@ -116,6 +116,37 @@ def test_forward_is_deterministic_and_batch_independent() -> None:
         torch.testing.assert_close(single, batched[row : row + 1], rtol=0, atol=1e-5)
 
 
+def test_caption_keys_values_computed_once_give_the_same_output_as_the_caption() -> None:
+    model, inputs = tiny_model(), tiny_inputs(batch=3)
+    with torch.no_grad():
+        cache = model.caption_keys_values(inputs["encoder_hidden_states"])
+        cached = model(**{**inputs, "encoder_hidden_states": None}, caption_keys_values=cache).sample
+    assert len(cache) == TINY_CONFIG["depth"]
+    heads = TINY_CONFIG["num_heads"]
+    assert cache[0][0].shape == (3, heads, TINY_CONFIG["model_max_length"], TINY_CONFIG["hidden_size"] // heads)
+    assert torch.equal(cached, run(model, inputs))
+    with pytest.raises(ValueError, match="encoder_hidden_states or caption_keys_values"):
+        model(**{**inputs, "encoder_hidden_states": None})
+
+
+def test_the_guided_predictor_projects_the_captions_once_per_sampling_run() -> None:
+    model, inputs = tiny_model(), tiny_inputs(batch=2)
+    projections = []
+    model.blocks[0].cross_attn.kv_linear.register_forward_hook(lambda *_: projections.append(1))
+    predictor = GuidedNoisePredictor(
+        model,
+        inputs["encoder_hidden_states"],
+        inputs["encoder_attention_mask"],
+        inputs["source_latents"],
+        guidance_mode="edit",
+        guidance_scale=5.0,
+    )
+    with torch.no_grad():
+        for t in (0.9, 0.5, 0.1):
+            predictor(inputs["hidden_states"], torch.full((2,), t))
+    assert len(projections) == 1  # not once per call
+
+
 def test_padded_caption_positions_do_not_change_the_output() -> None:
     model, inputs = tiny_model(), tiny_inputs()
     scrambled = dict(inputs)
